@@ -1,0 +1,252 @@
+"""The ``citystream`` command line.
+
+Subcommands import what they need lazily, so ``citystream --help`` is instant and
+works without the heavy optional dependencies installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from citystream.errors import CityStreamError
+from citystream.settings import Settings, load_settings
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _parser(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    help_: str,
+    examples: Sequence[str],
+    handler: Handler | None,
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_,
+        description=help_,
+        epilog=_examples(*examples),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if handler is not None:
+        p.set_defaults(handler=handler)
+    return p
+
+
+# --- stack ---------------------------------------------------------------------------------
+
+
+def _print_status(settings: Settings) -> int:
+    from citystream.stack.supervisor import status
+    from citystream.table import format_table
+
+    rows = status(settings)
+    print(
+        format_table(
+            ["service", "address", "state", "pid", "data dir"],
+            [(s.name, s.address, s.state, s.pid or "-", s.data_dir) for s in rows],
+        )
+    )
+    return 0 if all(s.state in ("running", "external") for s in rows) else 1
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from citystream.db.migrate import migrate
+    from citystream.kafka_topics import ensure_topics
+    from citystream.stack.supervisor import up
+    from schemas.topics import all_topic_specs
+
+    def progress(msg: str) -> None:
+        print(f"[up] {msg}", flush=True)
+
+    up(settings, progress=progress)
+    created = ensure_topics(settings.kafka.bootstrap)
+    progress(f"topics: {len(created)} created, {len(all_topic_specs()) - len(created)} present")
+    applied = migrate(settings.db.dsn)
+    progress(f"migrations: {len(applied)} applied")
+    print()
+    code = _print_status(settings)
+    print()
+    print(f"Kafka bootstrap: {settings.kafka.bootstrap}")
+    print(f"MQTT:            mqtt://{settings.mqtt.host}:{settings.mqtt.port}")
+    print(f"TimescaleDB:     psql '{settings.db.dsn}'")
+    print("Stop with `citystream down`; logs with `citystream logs SERVICE`.")
+    return code
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    from citystream.stack.supervisor import down
+
+    down(settings)
+    return _print_status(settings) if args.verbose else 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    return _print_status(settings)
+
+
+def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    from citystream.stack.supervisor import log_path
+
+    path = log_path(settings, args.service)
+    if not path.exists():
+        print(f"no log yet for {args.service} ({path})", file=sys.stderr)
+        return 1
+    lines = path.read_text(errors="replace").splitlines()
+    print("\n".join(lines[-args.lines :]))
+    return 0
+
+
+# --- contracts and storage -----------------------------------------------------------------
+
+
+def cmd_schemas_export(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.export import export_json_schemas
+
+    for path in export_json_schemas(Path(args.out)):
+        print(path)
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from citystream.table import format_table
+    from schemas.topics import TOPICS
+
+    print(
+        format_table(
+            ["topic", "key", "partitions", "retention h", "schema", "dead letters"],
+            [
+                (t.name, t.key, t.partitions, t.retention_ms // 3_600_000, t.schema, t.dlq)
+                for t in TOPICS.values()
+            ],
+        )
+    )
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from citystream.db.migrate import migrate
+
+    applied = migrate(settings.db.dsn)
+    print(f"{len(applied)} migration(s) applied" + (f": {', '.join(m.name for m in applied)}" if applied else ""))
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citystream",
+        description="CityStream: cameras and smart meters to violations, counts, load "
+        "forecasts and a live city map. Settings come from CITYSTREAM_* variables or the TOML "
+        "file named by CITYSTREAM_CONFIG.",
+        epilog=_examples(
+            "citystream up                 # start Kafka, Mosquitto, TimescaleDB locally",
+            "citystream status             # what runs where",
+            "citystream logs kafka -n 100  # last lines of a service's log",
+            "citystream schemas export --out schemas/json",
+            "CITYSTREAM_KAFKA__PORT=29092 citystream up   # other ports",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    _parser(
+        sub,
+        "up",
+        "Start the local stack (if not already running), create topics, "
+        "apply migrations, print where everything is.",
+        ["citystream up", "CITYSTREAM_STATE_DIR=/srv/cs citystream up"],
+        cmd_up,
+    )
+    p = _parser(
+        sub,
+        "down",
+        "Stop the services of the local stack started by `up`.",
+        ["citystream down", "citystream down -v"],
+        cmd_down,
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="print the status afterwards")
+    _parser(
+        sub,
+        "status",
+        "Show each service, its address, state and data dir. Exit code 1 "
+        "when a service is stopped or crashed.",
+        ["citystream status"],
+        cmd_status,
+    )
+    p = _parser(
+        sub,
+        "logs",
+        "Print the end of a service's log.",
+        ["citystream logs postgres", "citystream logs kafka -n 200"],
+        cmd_logs,
+    )
+    p.add_argument("service", choices=["kafka", "mosquitto", "postgres"])
+    p.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+
+    schemas_p = _parser(sub, "schemas", "Wire contracts.", ["citystream schemas export"], None)
+    schemas_sub = schemas_p.add_subparsers(title="schemas commands", metavar="COMMAND")
+    p = _parser(
+        schemas_sub,
+        "export",
+        "Write JSON Schema files of every message type.",
+        ["citystream schemas export --out ./json-schemas"],
+        cmd_schemas_export,
+    )
+    p.add_argument("--out", default="schemas/json", help="output dir (default schemas/json)")
+    _parser(sub, "topics", "List the topic registry.", ["citystream topics"], cmd_topics)
+    _parser(
+        sub,
+        "migrate",
+        "Apply pending SQL migrations to the configured database.",
+        ["citystream migrate", "CITYSTREAM_DB__PORT=5432 citystream migrate"],
+        cmd_migrate,
+    )
+
+    _add_plugins(sub)
+    return parser
+
+
+def _add_plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Subcommands implemented by other packages (bridge, energy, ...)."""
+    from edge.bridge.cli import add_arguments as bridge_args
+    from edge.bridge.cli import run as bridge_run
+
+    p = _parser(
+        sub,
+        "bridge",
+        "Run the MQTT -> Kafka bridge (acks MQTT only after Kafka).",
+        ["citystream bridge", "citystream bridge --metrics-port 9108"],
+        None,
+    )
+    bridge_args(p)
+    p.set_defaults(handler=lambda a, s: bridge_run(a, s))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args, load_settings())
+    except CityStreamError as exc:
+        print(f"citystream: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

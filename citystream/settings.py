@@ -1,0 +1,160 @@
+"""The one settings object of CityStream.
+
+Loaded from environment variables (prefix ``CITYSTREAM_``, nested fields joined
+with ``__``, e.g. ``CITYSTREAM_KAFKA__PORT=29092``) and, optionally, from a TOML
+file named by ``CITYSTREAM_CONFIG``.  Environment wins over the file.  The object
+is frozen and passed explicitly; nothing else in the code reads ``os.environ``
+for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Port = Field(ge=1, le=65535)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Frozen):
+    host: str = Field("127.0.0.1", description="Broker host the clients connect to")
+    port: int = Field(19092, ge=1, le=65535, description="Broker (PLAINTEXT) port")
+    controller_port: int = Field(
+        19093, ge=1, le=65535, description="KRaft controller port of the embedded broker"
+    )
+    bootstrap_servers: str | None = Field(
+        None,
+        description="Existing cluster, e.g. 'k1:9092,k2:9092'; when set the embedded broker "
+        "is not started",
+    )
+    heap: str = Field(
+        "512m",
+        pattern=r"^[1-9][0-9]*[kKmMgG]$",
+        description="JVM heap of the embedded broker (-Xmx)",
+    )
+    auto_create_topics: bool = Field(
+        False,
+        description="Let the embedded broker create unknown topics on first use (off: topics come "
+        "from the topic registry; faust creates its own internal topics explicitly)",
+    )
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+
+class MqttSettings(_Frozen):
+    host: str = Field("127.0.0.1", description="MQTT broker host")
+    port: int = Field(11883, ge=1, le=65535, description="MQTT broker port")
+    username: str | None = Field(None, description="MQTT user (password file auth)")
+    password: str | None = Field(None, description="MQTT password")
+    external: bool = Field(False, description="Use an existing broker; do not start mosquitto")
+    allow_anonymous: bool = Field(True, description="Embedded broker accepts clients without login")
+    password_file: Path | None = Field(
+        None, description="mosquitto_passwd file for the embedded broker (None: no password auth)"
+    )
+    acl_file: Path | None = Field(
+        None, description="ACL file for the embedded broker (None: no ACL)"
+    )
+    max_queued_messages: int = Field(
+        100_000,
+        ge=0,
+        le=10_000_000,
+        description="Per-client queue of the embedded broker for persistent sessions "
+        "(0: unlimited)",
+    )
+    bridge_client_id: str = Field(
+        "citystream-bridge",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Fixed MQTT client id of the bridge: names its persistent session, so "
+        "messages published while it is down are kept for it (one id per bridge instance)",
+    )
+    session_expiry_s: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        le=365 * 24 * 3600,
+        description="How long the broker keeps the bridge's session and queued messages "
+        "while the bridge is disconnected (MQTT 5 session expiry)",
+    )
+
+
+class DbSettings(_Frozen):
+    host: str = Field("127.0.0.1", description="PostgreSQL/TimescaleDB host")
+    port: int = Field(15432, ge=1, le=65535, description="PostgreSQL port")
+    user: str = Field("citystream", description="Database role")
+    password: str | None = Field(None, description="Password (None: trust on loopback)")
+    name: str = Field("citystream", description="Database name")
+    external: bool = Field(False, description="Use an existing server; do not start postgres")
+    os_user: str = Field(
+        "citystream",
+        min_length=1,
+        max_length=32,
+        pattern=r"^[a-z_][a-z0-9_-]*$",
+        description="Unprivileged OS user the embedded postgres runs as when the stack is started "
+        "by root (postgres refuses to run as root); created if missing",
+    )
+    retention_days: int = Field(
+        90, ge=1, le=36500, description="Raw hypertable data older than this is dropped"
+    )
+
+    @property
+    def dsn(self) -> str:
+        pw = f" password={self.password}" if self.password else ""
+        return f"host={self.host} port={self.port} user={self.user} dbname={self.name}{pw}"
+
+
+class Settings(BaseSettings):
+    """Everything a CityStream process needs to know about its surroundings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CITYSTREAM_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    state_dir: Path = Field(
+        Path(".citystream"), description="Data, logs and pid files of the local stack"
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "citystream",
+        description="Downloaded/built artefacts shared between checkouts (Kafka jars)",
+    )
+    kafka: KafkaSettings = KafkaSettings()
+    mqtt: MqttSettings = MqttSettings()
+    db: DbSettings = DbSettings()
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus-style /metrics port of a worker (0: off)"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get("CITYSTREAM_CONFIG")
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env/TOML, with explicit overrides (used by the CLI and tests)."""
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""Edge agents: camera agent, meter gateway agent, durable outbox, MQTT -> Kafka bridge."""

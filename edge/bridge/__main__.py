@@ -1,0 +1,5 @@
+import sys
+
+from edge.bridge.cli import main
+
+sys.exit(main())

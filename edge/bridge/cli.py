@@ -1,0 +1,117 @@
+"""``citystream bridge`` / ``python -m edge.bridge``: run the MQTT -> Kafka bridge.
+
+This module imports nothing heavy, so building the ``citystream`` parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from citystream.settings import MqttSettings, Settings, load_settings
+
+EXAMPLES = """examples:
+  citystream bridge
+  citystream bridge --metrics-port 9108 --progress-interval 5
+  CITYSTREAM_MQTT__PORT=1883 CITYSTREAM_KAFKA__BOOTSTRAP_SERVERS=k1:9092 citystream bridge
+  citystream bridge --client-id bridge-b   # a second instance with its own session
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bridge's options, added to ``parser`` (endpoints come from the settings)."""
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus text on http://0.0.0.0:PORT/metrics "
+        "(default: settings metrics_port; 0: off)",
+    )
+    parser.add_argument(
+        "--client-id",
+        default=None,
+        help="MQTT client id, names the persistent session (default: settings "
+        "mqtt.bridge_client_id)",
+    )
+    parser.add_argument(
+        "--receive-maximum",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="un-acked MQTT messages in flight to the bridge (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--linger-ms",
+        type=int,
+        default=5,
+        metavar="MS",
+        help="Kafka producer linger for batching (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between progress log lines, 0 for none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: %(default)s",
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT, then stop gracefully.  Returns the exit code."""
+    from edge.bridge.app import BridgeConfig, create_bridge
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    logging.getLogger("citystream").setLevel(args.log_level)
+    if args.client_id:
+        mqtt = MqttSettings.model_validate(
+            {**settings.mqtt.model_dump(), "bridge_client_id": args.client_id}
+        )
+        settings = settings.model_copy(update={"mqtt": mqtt})
+    config = BridgeConfig(
+        receive_maximum=args.receive_maximum,
+        linger_ms=args.linger_ms,
+        progress_interval_s=args.progress_interval,
+    )
+    bridge = create_bridge(settings, config, metrics_port=args.metrics_port)
+
+    def on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("citystream.bridge").info("%s: stopping", signal.Signals(signum).name)
+        bridge.stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        bridge.run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m edge.bridge",
+        description="MQTT -> Kafka bridge: subscribes to the registry's MQTT routes at QoS 1 "
+        "and acknowledges a message to the broker only after Kafka acknowledged its records.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(args, load_settings())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Wire contracts shared by edge agents, stream processors, simulators and tests."""

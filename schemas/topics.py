@@ -1,0 +1,246 @@
+"""The topic registry: every Kafka topic and MQTT route of CityStream, in one place.
+
+The stack creates topics from :data:`TOPICS`; producers and consumers look up the
+codec and partition key here; the MQTT bridge routes by :data:`MQTT_ROUTES`.
+Every topic has a dead-letter topic ``<name>.dlq`` holding
+:class:`~schemas.messages.DeadLetter` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from citystream.errors import SchemaError
+from schemas import messages as m
+from schemas.codecs import FrameCodec, JsonCodec
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class Topic:
+    """A Kafka topic: its name, partition key, size, retention and wire schema."""
+
+    name: str
+    key: str
+    partitions: int
+    retention_ms: int
+    schema: str
+    codec: Any = field(compare=False, repr=False)
+    description: str = ""
+
+    @property
+    def dlq(self) -> str:
+        return self.name + DLQ_SUFFIX
+
+    def key_of(self, message: Any) -> bytes:
+        """The partition key of ``message`` (the value of its key field), as bytes."""
+        if isinstance(message, m.Message):
+            return str(getattr(message, self.key)).encode()
+        header = getattr(message, "header", None)  # Frame
+        return str(getattr(header, self.key)).encode()
+
+
+def _json(name: str, key: str, partitions: int, retention_ms: int, schema: str, desc: str) -> Topic:
+    return Topic(
+        name, key, partitions, retention_ms, schema, JsonCodec(m.MESSAGE_TYPES[schema]), desc
+    )
+
+
+TOPICS: dict[str, Topic] = {
+    t.name: t
+    for t in (
+        Topic(
+            "camera.frames",
+            "camera_id",
+            6,
+            2 * HOUR_MS,
+            "frame",
+            FrameCodec(),
+            "JPEG frames from edge camera agents",
+        ),
+        _json(
+            "traffic.tracks",
+            "camera_id",
+            6,
+            DAY_MS,
+            "track_batch",
+            "Tracked objects per frame from the vision workers",
+        ),
+        _json(
+            "traffic.violations",
+            "intersection_id",
+            3,
+            30 * DAY_MS,
+            "violation",
+            "Detected violations with evidence pointers",
+        ),
+        _json(
+            "traffic.counts",
+            "intersection_id",
+            3,
+            7 * DAY_MS,
+            "lane_count",
+            "Per-lane counts, occupancy and queues per window",
+        ),
+        _json(
+            "traffic.alerts",
+            "subject_id",
+            1,
+            30 * DAY_MS,
+            "alert",
+            "Camera health and traffic alerts",
+        ),
+        _json(
+            "signal.phases",
+            "intersection_id",
+            3,
+            7 * DAY_MS,
+            "signal_phase_change",
+            "Signal colour changes reported by controllers",
+        ),
+        _json(
+            "signal.plans",
+            "intersection_id",
+            3,
+            90 * DAY_MS,
+            "signal_plan",
+            "Signal plans in force (approved by operators)",
+        ),
+        _json(
+            "signal.recommendations",
+            "intersection_id",
+            3,
+            30 * DAY_MS,
+            "signal_recommendation",
+            "Signal timing advice from measured flows",
+        ),
+        _json(
+            "meter.readings",
+            "meter_id",
+            6,
+            7 * DAY_MS,
+            "meter_reading",
+            "Smart-meter interval readings (one per message)",
+        ),
+        _json(
+            "energy.load",
+            "scope_id",
+            3,
+            30 * DAY_MS,
+            "feeder_load",
+            "Feeder and district load per 15-minute window",
+        ),
+        _json(
+            "energy.forecasts",
+            "scope_id",
+            3,
+            30 * DAY_MS,
+            "forecast",
+            "Load forecasts with P10/P50/P90 and their issue time",
+        ),
+        _json(
+            "energy.alerts",
+            "subject_id",
+            3,
+            30 * DAY_MS,
+            "alert",
+            "Meter anomalies and peak warnings",
+        ),
+    )
+}
+
+DEAD_LETTER_CODEC = JsonCodec(m.DeadLetter)
+
+
+def topic(name: str) -> Topic:
+    """The registered topic ``name``; a clear error for an unknown one."""
+    try:
+        return TOPICS[name]
+    except KeyError:
+        known = ", ".join(sorted(TOPICS))
+        raise KeyError(f"unknown topic {name!r}; registered topics: {known}") from None
+
+
+def all_topic_specs() -> list[tuple[str, int, int]]:
+    """(name, partitions, retention_ms) of every topic and every DLQ, for topic creation."""
+    specs = []
+    for t in TOPICS.values():
+        specs.append((t.name, t.partitions, t.retention_ms))
+        specs.append((t.dlq, 1, 30 * DAY_MS))
+    return specs
+
+
+# --- MQTT routes ---------------------------------------------------------------------------
+
+#: A routed Kafka record: (topic, key, value).
+KafkaRecord = tuple[str, bytes, bytes]
+
+
+@dataclass(frozen=True)
+class MqttRoute:
+    """How messages on an MQTT topic filter become Kafka records.
+
+    ``pattern`` is an MQTT filter with ``+`` wildcards; ``id_level`` is the index of the
+    topic level that must equal the payload's id (a device cannot speak for another).
+    """
+
+    pattern: str
+    kafka_topic: str
+    decode: Callable[[bytes], m.Message]
+    split: Callable[[m.Message], Sequence[m.Message]]
+    id_level: int
+    id_field: str
+
+    def matches(self, mqtt_topic: str) -> bool:
+        want, got = self.pattern.split("/"), mqtt_topic.split("/")
+        return len(want) == len(got) and all(w in ("+", g) for w, g in zip(want, got, strict=True))
+
+    def route(self, mqtt_topic: str, payload: bytes) -> list[KafkaRecord]:
+        """Decode, check and split ``payload``; raises :class:`SchemaError` when bad."""
+        message = self.decode(payload)
+        topic_id = mqtt_topic.split("/")[self.id_level]
+        payload_id = getattr(message, self.id_field)
+        if payload_id != topic_id:
+            raise SchemaError(
+                f"{self.id_field} {payload_id!r} in the payload does not match {topic_id!r} "
+                f"in the MQTT topic {mqtt_topic!r}"
+            )
+        target = TOPICS[self.kafka_topic]
+        return [
+            (target.name, target.key_of(part), target.codec.encode(part))
+            for part in self.split(message)
+        ]
+
+
+def _split_batch(message: m.Message) -> Sequence[m.Message]:
+    assert isinstance(message, m.MeterBatch)
+    return message.readings
+
+
+MQTT_ROUTES: tuple[MqttRoute, ...] = (
+    MqttRoute(
+        "city/+/meters/+/readings",
+        "meter.readings",
+        JsonCodec(m.MeterBatch).decode,
+        _split_batch,
+        id_level=3,
+        id_field="gateway_id",
+    ),
+    MqttRoute(
+        "city/+/signals/+/phase",
+        "signal.phases",
+        JsonCodec(m.SignalPhaseChange).decode,
+        lambda msg: [msg],
+        id_level=3,
+        id_field="intersection_id",
+    ),
+)
+
+
+def mqtt_route_for(mqtt_topic: str) -> MqttRoute | None:
+    return next((r for r in MQTT_ROUTES if r.matches(mqtt_topic)), None)

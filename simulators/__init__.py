@@ -1,0 +1,1 @@
+"""Simulators of CityStream: synthetic smart-meter city, intersections, recorder/replayer."""

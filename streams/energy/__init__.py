@@ -1,0 +1,1 @@
+"""Energy stream processing: meter readings to feeder loads, alerts and load forecasts."""
