@@ -135,7 +135,10 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from citystream.db.migrate import migrate
 
     applied = migrate(settings.db.dsn)
-    print(f"{len(applied)} migration(s) applied" + (f": {', '.join(m.name for m in applied)}" if applied else ""))
+    print(
+        f"{len(applied)} migration(s) applied"
+        + (f": {', '.join(m.name for m in applied)}" if applied else "")
+    )
     return 0
 
 
@@ -216,20 +219,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Subcommands implemented by other packages (bridge, energy, ...)."""
-    from edge.bridge.cli import add_arguments as bridge_args
-    from edge.bridge.cli import run as bridge_run
+#: Subcommands implemented next to their code: (path, module, help, examples).  Each module
+#: has ``add_arguments(parser)`` and ``run(args, settings) -> int`` and imports lazily.
+PLUGINS: tuple[tuple[tuple[str, ...], str, str, tuple[str, ...]], ...] = (
+    (
+        ("bridge",),
+        "edge.bridge.cli",
+        "Run the MQTT -> Kafka bridge (acks MQTT only after Kafka acked).",
+        ("citystream bridge", "citystream bridge --metrics-port 9108"),
+    ),
+    (
+        ("edge", "meter"),
+        "edge.meter.cli",
+        "Run a meter gateway (data concentrator): durable outbox, batches to MQTT at QoS 1.",
+        (
+            "citystream edge meter --gateway-id gw-1 --sim --meters 500",
+            "citystream edge meter --gateway-id gw-7 --replay readings.jsonl",
+        ),
+    ),
+    (
+        ("sink",),
+        "streams.sink.cli",
+        "Run the DB sink: result topics -> TimescaleDB (idempotent, at least once).",
+        ("citystream sink", "citystream sink --topics meter.readings --metrics-port 9110"),
+    ),
+)
 
-    p = _parser(
-        sub,
-        "bridge",
-        "Run the MQTT -> Kafka bridge (acks MQTT only after Kafka).",
-        ["citystream bridge", "citystream bridge --metrics-port 9108"],
-        None,
-    )
-    bridge_args(p)
-    p.set_defaults(handler=lambda a, s: bridge_run(a, s))
+
+def _add_plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    import importlib
+
+    groups: dict[str, argparse._SubParsersAction] = {}  # type: ignore[type-arg]
+    for path, module_name, help_, examples in PLUGINS:
+        target = sub
+        for group in path[:-1]:
+            if group not in groups:
+                gp = _parser(sub, group, f"{group} commands", [f"citystream {group} --help"], None)
+                groups[group] = gp.add_subparsers(title=f"{group} commands", metavar="COMMAND")
+            target = groups[group]
+        module = importlib.import_module(module_name)
+        p = _parser(target, path[-1], help_, examples, None)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

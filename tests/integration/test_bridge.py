@@ -347,3 +347,77 @@ def test_sigkill_mid_stream_loses_nothing(stack: Any, tmp_path: Path) -> None:
     missing = expected - got
     assert not missing, f"{len(missing)} readings lost, e.g. {sorted(missing)[:3]}\n{b.log()}"
     assert code == 0, f"graceful stop failed\n{b.log()}"
+
+
+def test_bridge_and_sink_killed_mid_stream_db_ends_exact(stack: Any, tmp_path: Path) -> None:
+    """MQTT -> bridge -> Kafka -> DB sink -> TimescaleDB, with both workers SIGKILLed
+    mid-stream and restarted: the table ends with exactly the published readings."""
+    tag = uuid.uuid4().hex[:8]
+    n_seq, n_gateways, per_batch = 60, 4, 25
+    b = BridgeProcess(stack.settings, f"it-db-{tag}", tmp_path / "bridge.log")
+    sink_log = tmp_path / "sink.log"
+    sink_cmd = [
+        sys.executable,
+        "-m",
+        "citystream.cli",
+        "sink",
+        "--topics",
+        "meter.readings",
+        "--group-id",
+        f"it-sink-{tag}",
+        "--max-delay",
+        "0.3",
+    ]
+
+    def start_sink() -> subprocess.Popen[bytes]:
+        with sink_log.open("ab") as log:
+            return subprocess.Popen(
+                sink_cmd, cwd=ROOT, env=stack.env(), stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def db_count() -> int:
+        with stack.db() as conn:
+            row = conn.execute(
+                "select count(*) from meter_readings where meter_id like %s", (f"m-{tag}-%",)
+            ).fetchone()
+            return int(row[0])
+
+    expected = n_seq * n_gateways * per_batch
+    b.start()
+    sink = start_sink()
+    client = mqtt_client(stack.settings, f"pub-db-{tag}")
+    try:
+        for seq in range(n_seq):
+            for g in range(n_gateways):
+                gw = f"gw-{tag}-{g}"
+                meters = [f"m-{tag}-{g}-{i}" for i in range(per_batch)]
+                client.publish(
+                    f"city/test/meters/{gw}/readings", batch_json(gw, meters, seq), qos=1
+                ).wait_for_publish(30)
+            if seq == n_seq // 3:
+                b.kill(signal.SIGKILL)
+                b.start()
+            if seq == 2 * n_seq // 3:
+                sink.send_signal(signal.SIGKILL)
+                sink.wait(timeout=30)
+                sink = start_sink()
+            time.sleep(0.05)
+        deadline = time.monotonic() + 120
+        while db_count() < expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        b.kill(signal.SIGTERM)
+        sink.send_signal(signal.SIGTERM)
+        sink_code = sink.wait(timeout=60)
+
+    with stack.db() as conn:
+        total, distinct = conn.execute(
+            "select count(*), count(distinct (meter_id, ts)) from meter_readings "
+            "where meter_id like %s",
+            (f"m-{tag}-%",),
+        ).fetchone()
+    assert total == expected, f"{expected - total} readings missing\n{sink_log.read_text()[-3000:]}"
+    assert distinct == total
+    assert sink_code == 0, sink_log.read_text()[-3000:]

@@ -1,0 +1,49 @@
+"""What every long-running CityStream process shares: logging, signals, metrics."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+
+from citystream.metrics import MetricsServer, Registry, serve
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Timestamped log lines on stderr (once per process), ``citystream*`` at ``level``."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    # Client libraries narrate every connection at INFO; keep their warnings and errors.
+    for noisy in ("kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def run_until_signalled(
+    name: str,
+    run: Callable[[], None],
+    stop: Callable[[], None],
+    registries: tuple[Registry, ...] = (),
+    metrics_port: int = 0,
+) -> int:
+    """Run ``run()`` (blocking) until it returns; SIGTERM/SIGINT call ``stop()`` for a
+    graceful end.  With ``metrics_port`` > 0, ``/metrics`` serves ``registries``."""
+    logger = logging.getLogger(f"citystream.{name}")
+    server: MetricsServer | None = None
+    if metrics_port > 0:
+        server = serve(*registries, port=metrics_port, host="127.0.0.1")
+        logger.info("metrics on http://127.0.0.1:%d/metrics", server.port)
+
+    def on_signal(signum: int, frame: object) -> None:
+        logger.info("%s: stopping", signal.Signals(signum).name)
+        stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        run()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if server is not None:
+            server.close()
+    return 0

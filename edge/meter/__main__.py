@@ -1,0 +1,5 @@
+import sys
+
+from edge.meter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The DB sink: every result topic to TimescaleDB, idempotently."""

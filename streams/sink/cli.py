@@ -1,0 +1,61 @@
+"""``citystream sink``: run the DB sink worker."""
+
+from __future__ import annotations
+
+import argparse
+
+from citystream.settings import Settings
+
+EXAMPLES = (
+    "citystream sink",
+    "citystream sink --topics meter.readings energy.load --metrics-port 9110",
+    "citystream sink --group-id sink-b --batch-rows 50000",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from streams.sink.worker import storable_topics
+
+    parser.add_argument(
+        "--topics",
+        nargs="+",
+        default=None,
+        metavar="TOPIC",
+        help=f"topics to store (default: all storable: {' '.join(storable_topics())})",
+    )
+    parser.add_argument(
+        "--group-id",
+        default="citystream-db-sink",
+        help="Kafka consumer group (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-rows", type=int, default=20_000, help="records per DB batch (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-delay",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="flush at least this often, seconds (default: %(default)s)",
+    )
+    parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics (0: off)")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from citystream.worker import run_until_signalled, setup_logging
+    from streams.sink.worker import DbSink, SinkConfig, storable_topics
+
+    setup_logging(args.log_level)
+    config = SinkConfig(
+        topics=tuple(args.topics or storable_topics()),
+        group_id=args.group_id,
+        batch_rows=args.batch_rows,
+        max_delay_s=args.max_delay,
+    )
+    sink = DbSink(settings, config)
+    return run_until_signalled(
+        "sink", sink.run, sink.stop, (sink.metrics.registry,), args.metrics_port
+    )
