@@ -238,6 +238,17 @@ PLUGINS: tuple[tuple[tuple[str, ...], str, str, tuple[str, ...]], ...] = (
         ),
     ),
     (
+        ("energy", "backtest"),
+        "streams.energy.backtest",
+        "Rolling-origin day-ahead backtest of our load forecaster against the baselines a "
+        "utility would use (weekly naive, Holt-Winters, MSTL+ETS), measured in the same run.",
+        (
+            "citystream energy backtest --dataset taylor",
+            "citystream energy backtest --csv feeder.csv --time-col ts --load-col kw",
+            "citystream energy backtest --dataset sim --json",
+        ),
+    ),
+    (
         ("sink",),
         "streams.sink.cli",
         "Run the DB sink: result topics -> TimescaleDB (idempotent, at least once).",
