@@ -109,17 +109,17 @@ class Consumer(threading.Thread):
         self.consumer.seek_to_end(*parts)
         for p in parts:
             self.consumer.position(p)  # resolve the end offsets now, before publishing
-        self.prefix = f'"meter_id":"m-{workload.tag}-'.encode()
+        self.prefix = f"gw-{workload.tag}-".encode()
 
     def run(self) -> None:
-        need = self.w.readings
+        need = 1  # one Kafka record carries a whole gateway batch
         while not self.stop.is_set() and self.complete < len(self.seen):
             polled = self.consumer.poll(timeout_ms=100)
             now = time.time()
             for batch in polled.values():
                 for rec in batch:
                     value: bytes = rec.value
-                    if self.prefix not in value:
+                    if rec.key is None or not rec.key.startswith(self.prefix):
                         continue
                     start = value.index(b'"ts":"') + 6
                     i = self.w.ts_index[value[start : value.index(b'"', start)]]
@@ -244,7 +244,7 @@ def baseline(settings: Settings, w: Workload, messages: int, linger_ms: int) -> 
     for topic, payload in w.payloads[:messages]:
         route = mqtt_route_for(topic)
         assert route is not None
-        records.extend(route.route(topic, payload))
+        records.append(route.route(topic, payload))
     producer = KafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap,
         acks="all",
@@ -261,10 +261,10 @@ def baseline(settings: Settings, w: Workload, messages: int, linger_ms: int) -> 
     producer.close()
     return {
         "messages": messages,
-        "readings": len(records),
+        "readings": messages * w.readings,
         "elapsed_s": elapsed,
         "msgs_per_s": messages / elapsed,
-        "readings_per_s": len(records) / elapsed,
+        "readings_per_s": messages * w.readings / elapsed,
     }
 
 

@@ -8,7 +8,6 @@ Every topic has a dead-letter topic ``<name>.dlq`` holding
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,11 +120,12 @@ TOPICS: dict[str, Topic] = {
         ),
         _json(
             "meter.readings",
-            "meter_id",
+            "gateway_id",
             6,
             7 * DAY_MS,
-            "meter_reading",
-            "Smart-meter interval readings (one per message)",
+            "meter_batch",
+            "Smart-meter readings as gateway batches, one record per MQTT message; "
+            "the energy app repartitions by district",
         ),
         _json(
             "energy.load",
@@ -183,16 +183,15 @@ KafkaRecord = tuple[str, bytes, bytes]
 
 @dataclass(frozen=True)
 class MqttRoute:
-    """How messages on an MQTT topic filter become Kafka records.
+    """How messages on an MQTT topic filter become a Kafka record.
 
-    ``pattern`` is an MQTT filter with ``+`` wildcards; ``id_level`` is the index of the
-    topic level that must equal the payload's id (a device cannot speak for another).
+    The payload must be a valid message of the Kafka topic's schema; ``id_level`` is the
+    index of the MQTT topic level that must equal the payload's ``id_field`` (a device
+    cannot speak for another).  The record carries the canonical re-encoding (UTC times).
     """
 
     pattern: str
     kafka_topic: str
-    decode: Callable[[bytes], m.Message]
-    split: Callable[[m.Message], Sequence[m.Message]]
     id_level: int
     id_field: str
 
@@ -200,9 +199,10 @@ class MqttRoute:
         want, got = self.pattern.split("/"), mqtt_topic.split("/")
         return len(want) == len(got) and all(w in ("+", g) for w, g in zip(want, got, strict=True))
 
-    def route(self, mqtt_topic: str, payload: bytes) -> list[KafkaRecord]:
-        """Decode, check and split ``payload``; raises :class:`SchemaError` when bad."""
-        message = self.decode(payload)
+    def route(self, mqtt_topic: str, payload: bytes) -> KafkaRecord:
+        """Decode and check ``payload``; raises :class:`SchemaError` when bad."""
+        target = TOPICS[self.kafka_topic]
+        message = target.codec.decode(payload)
         topic_id = mqtt_topic.split("/")[self.id_level]
         payload_id = getattr(message, self.id_field)
         if payload_id != topic_id:
@@ -210,35 +210,12 @@ class MqttRoute:
                 f"{self.id_field} {payload_id!r} in the payload does not match {topic_id!r} "
                 f"in the MQTT topic {mqtt_topic!r}"
             )
-        target = TOPICS[self.kafka_topic]
-        return [
-            (target.name, target.key_of(part), target.codec.encode(part))
-            for part in self.split(message)
-        ]
-
-
-def _split_batch(message: m.Message) -> Sequence[m.Message]:
-    assert isinstance(message, m.MeterBatch)
-    return message.readings
+        return (target.name, target.key_of(message), target.codec.encode(message))
 
 
 MQTT_ROUTES: tuple[MqttRoute, ...] = (
-    MqttRoute(
-        "city/+/meters/+/readings",
-        "meter.readings",
-        JsonCodec(m.MeterBatch).decode,
-        _split_batch,
-        id_level=3,
-        id_field="gateway_id",
-    ),
-    MqttRoute(
-        "city/+/signals/+/phase",
-        "signal.phases",
-        JsonCodec(m.SignalPhaseChange).decode,
-        lambda msg: [msg],
-        id_level=3,
-        id_field="intersection_id",
-    ),
+    MqttRoute("city/+/meters/+/readings", "meter.readings", id_level=3, id_field="gateway_id"),
+    MqttRoute("city/+/signals/+/phase", "signal.phases", id_level=3, id_field="intersection_id"),
 )
 
 

@@ -73,9 +73,6 @@ def plan(
     if route is None:
         return Plan(None, [])
     try:
-        records = route.route(mqtt_topic, payload)
-        if not records:
-            raise ValueError("the payload produced no records")
-        return Plan(route, records)
+        return Plan(route, [route.route(mqtt_topic, payload)])
     except Exception as exc:  # SchemaError expected; anything else is also the payload's fault
         return Plan(route, [dead_letter_record(route, mqtt_topic, payload, exc, now)], exc)

@@ -1,6 +1,6 @@
 """A minimal real faust-streaming worker used by test_kafka_clients.py.
 
-It consumes ``probe.in`` (meter readings as bytes), decodes each with the registry's
+It consumes ``probe.in`` (meter gateway batches as bytes), decodes each with the registry's
 codec and forwards valid ones to ``probe.out``; bad ones become dead letters on
 ``probe.dlq``.  Run: ``python tests/integration/faust_probe.py worker -l info``.
 """

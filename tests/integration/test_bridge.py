@@ -180,7 +180,7 @@ def mqtt_client(settings: Settings, client_id: str) -> Any:
     return client
 
 
-def test_reading_published_with_mosquitto_pub_lands_keyed_by_meter(
+def test_batch_published_with_mosquitto_pub_lands_keyed_by_gateway(
     stack: Any, bridge: BridgeProcess
 ) -> None:
     tag = uuid.uuid4().hex[:8]
@@ -203,14 +203,14 @@ def test_reading_published_with_mosquitto_pub_lands_keyed_by_meter(
     subprocess.run(cmd, check=True, timeout=30)
 
     def mine(recs: list[Any]) -> list[Any]:
-        return [r for r in recs if r.key is not None and r.key.decode() in meters]
+        return [r for r in recs if r.key == gateway.encode()]
 
-    records = mine(collect(stack.settings, "meter.readings", lambda rs: len(mine(rs)) >= 2))
-    assert sorted({r.key.decode() for r in records}) == meters
-    for r in records:
-        reading = m.MeterReading.model_validate_json(r.value)
-        assert reading.meter_id == r.key.decode()
-        assert reading.ts == T0 + timedelta(minutes=45)
+    records = mine(collect(stack.settings, "meter.readings", lambda rs: len(mine(rs)) >= 1))
+    assert len(records) == 1
+    batch = m.MeterBatch.model_validate_json(records[0].value)
+    assert batch.gateway_id == gateway
+    assert [r.meter_id for r in batch.readings] == meters
+    assert all(r.ts == T0 + timedelta(minutes=45) for r in batch.readings)
     bridge.wait_for(lambda mt: mt["citystream_bridge_messages_acked_total"] >= 1, 10)
 
 
@@ -258,9 +258,9 @@ def test_malformed_payloads_go_to_the_dlq_and_the_bridge_keeps_going(
         for r in collect(
             stack.settings,
             "meter.readings",
-            lambda rs: any(r.key == f"m-{tag}".encode() for r in rs),
+            lambda rs: any(r.key == gateway.encode() for r in rs),
         )
-        if r.key == f"m-{tag}".encode()
+        if r.key == gateway.encode()
     ]
     assert len(ok) == 1
     bridge.wait_for(
@@ -328,14 +328,14 @@ def test_sigkill_mid_stream_loses_nothing(stack: Any, tmp_path: Path) -> None:
         if sys.exc_info()[0] is not None and b.proc is not None and b.proc.poll() is None:
             b.kill(signal.SIGKILL)  # the test failed above: leave no bridge behind
 
-    prefix = f"m-{tag}-".encode()
+    prefix = f"gw-{tag}-".encode()
 
     def seen(recs: list[Any]) -> set[tuple[str, str]]:
         out = set()
         for r in recs:
             if r.key is not None and r.key.startswith(prefix):
-                reading = m.MeterReading.model_validate_json(r.value)
-                out.add((reading.meter_id, reading.ts.isoformat()))
+                batch = m.MeterBatch.model_validate_json(r.value)
+                out.update((x.meter_id, x.ts.isoformat()) for x in batch.readings)
         return out
 
     try:

@@ -16,18 +16,18 @@ import pytest
 from citystream.kafka_topics import ensure_topics
 from citystream.testing import Stack
 from schemas.topics import DEAD_LETTER_CODEC, TOPICS
-from tests.unit.factories import make_reading
+from tests.unit.factories import make_batch
 
 pytestmark = pytest.mark.integration
 PROBE = Path(__file__).with_name("faust_probe.py")
 
 
 def test_kafka_python_roundtrip(stack: Stack) -> None:
-    reading = make_reading("m-kp-1")
+    batch = make_batch("gw-kp-1")
     codec = TOPICS["meter.readings"].codec
-    stack.produce("meter.readings", b"m-kp-1", codec.encode(reading))
-    records = stack.consume("meter.readings", count=1, where=lambda r: r.key == b"m-kp-1")
-    assert records and codec.decode(records[0].value) == reading
+    stack.produce("meter.readings", b"gw-kp-1", codec.encode(batch))
+    records = stack.consume("meter.readings", count=1, where=lambda r: r.key == b"gw-kp-1")
+    assert records and codec.decode(records[0].value) == batch
 
 
 def test_faust_agent_consumes_forwards_and_dead_letters(stack: Stack, tmp_path: Path) -> None:
@@ -46,9 +46,9 @@ def test_faust_agent_consumes_forwards_and_dead_letters(stack: Stack, tmp_path: 
     )
     try:
         codec = TOPICS["meter.readings"].codec
-        sent = [make_reading(f"m-fp-{i}", step=i) for i in range(20)]
-        for r in sent:
-            stack.produce("probe.in", r.meter_id.encode(), codec.encode(r))
+        sent = [make_batch(f"gw-fp-{i}", n=2, seq=i) for i in range(20)]
+        for b in sent:
+            stack.produce("probe.in", b.gateway_id.encode(), codec.encode(b))
         stack.produce("probe.in", b"bad-1", b'{"v": 1, "meter_id": "x"')
         stack.produce("probe.in", b"bad-2", b"\x00\x01 not json")
 
@@ -60,8 +60,8 @@ def test_faust_agent_consumes_forwards_and_dead_letters(stack: Stack, tmp_path: 
         worker.wait(timeout=30)
         log.close()
     log_text = (tmp_path / "faust.log").read_text()
-    got = sorted((codec.decode(r.value) for r in out), key=lambda r: r.meter_id)
-    assert got == sorted(sent, key=lambda r: r.meter_id), log_text[-3000:]
+    got = sorted((codec.decode(r.value) for r in out), key=lambda b: b.gateway_id)
+    assert got == sorted(sent, key=lambda b: b.gateway_id), log_text[-3000:]
     reasons = {r.key: DEAD_LETTER_CODEC.decode(r.value) for r in dead}
     assert set(reasons) == {b"bad-1", b"bad-2"}
     assert "Invalid JSON" in reasons[b"bad-1"].reason

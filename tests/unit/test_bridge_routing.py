@@ -23,14 +23,13 @@ def test_subscribes_to_every_route_pattern() -> None:
     assert "city/+/meters/+/readings" in subscriptions()
 
 
-def test_batch_is_split_into_one_record_per_reading_keyed_by_meter() -> None:
+def test_batch_is_one_record_keyed_by_gateway() -> None:
     batch = make_batch("gw-1", n=4)
     result = plan(METER_TOPIC, batch.model_dump_json().encode(), now=NOW)
     assert result.error is None and not result.dead_lettered
-    assert [r[0] for r in result.records] == ["meter.readings"] * 4
-    assert [r[1] for r in result.records] == [r.meter_id.encode() for r in batch.readings]
-    decoded = [TOPICS["meter.readings"].codec.decode(r[2]) for r in result.records]
-    assert decoded == list(batch.readings)
+    [(topic, key, value)] = result.records
+    assert (topic, key) == ("meter.readings", b"gw-1")
+    assert TOPICS["meter.readings"].codec.decode(value) == batch
 
 
 def test_phase_change_is_one_record_keyed_by_intersection() -> None:
