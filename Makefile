@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= $(HOME)/.cache/citystream/venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,energy
+EXTRAS ?= dev,energy,traffic
 DEPS_STAMP = $(VENV)/.deps-$(shell cat pyproject.toml | sha256sum | cut -c1-16)-$(subst $(comma),_,$(EXTRAS))
 comma := ,
 PYTEST_ARGS ?=
@@ -56,6 +56,7 @@ format: install-python ## apply ruff formatting and safe fixes
 bench: install ## run the benchmarks (needs the stack: `make up`); tables printed, JSON in bench/results/
 	$(PY) bench/db_ingest.py
 	$(PY) bench/bridge.py
+	$(PY) bench/api.py
 
 clean: ## stop the stack and delete its state dir (.citystream/)
 	-$(VENV)/bin/citystream down

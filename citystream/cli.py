@@ -249,6 +249,65 @@ PLUGINS: tuple[tuple[tuple[str, ...], str, str, tuple[str, ...]], ...] = (
         ),
     ),
     (
+        ("energy", "stage"),
+        "streams.energy.cli",
+        "Run an energy stream stage: router (readings by district), aggregator (15-min "
+        "windows per feeder/district, anomaly alerts) or forecaster (48 h P10/P50/P90).",
+        (
+            "citystream energy stage router",
+            "citystream energy stage aggregator --allowed-lateness 1800 --metrics-port 9111",
+            "citystream energy stage forecaster --interval 900",
+        ),
+    ),
+    (
+        ("sim", "meters-seed"),
+        "simulators.meters.cli",
+        "Write a simulated city's districts, feeders and meters to the reference tables.",
+        ("citystream sim meters-seed --meters 3000 --seed 0",),
+    ),
+    (
+        ("record",),
+        "citystream.capture.record_cli",
+        "Capture Kafka topics (keys, values, headers, timestamps) into an indexed capture "
+        "file; Ctrl-C stops cleanly.",
+        (
+            "citystream record --topics meter.readings --out day.cap --duration 3600",
+            "citystream record --topics camera.frames signal.phases --out junction.cap "
+            "--max-records 5000",
+            "citystream record --topics meter.readings --out all.cap --from-beginning "
+            "--stop-at-end",
+        ),
+    ),
+    (
+        ("replay",),
+        "citystream.capture.replay_cli",
+        "Play a capture back into Kafka or MQTT, keeping event-time spacing (time-warped) or "
+        "as fast as possible.",
+        (
+            "citystream replay day.cap --speed 60",
+            "citystream replay day.cap --as-fast-as-possible",
+            "citystream replay day.cap --target mqtt --speed 96   # as gateways, via the bridge",
+            "citystream replay day.cap --from +6h --to +9h --loop",
+        ),
+    ),
+    (
+        ("capture", "info"),
+        "citystream.capture.info_cli",
+        "Show what a capture file holds (records, topics, time range, damage).",
+        ("citystream capture info day.cap", "citystream capture info day.cap --json"),
+    ),
+    (
+        ("map",),
+        "citymap.cli",
+        "Serve the live city map and its API (OpenAPI at /api/v1/docs).",
+        (
+            "citystream map",
+            "citystream map --port 9000 --host 0.0.0.0",
+            'CITYSTREAM_CITYMAP__TOKENS=\'[{"token":"...","role":"operator",'
+            '"name":"alice"}]\' citystream map',
+        ),
+    ),
+    (
         ("sink",),
         "streams.sink.cli",
         "Run the DB sink: result topics -> TimescaleDB (idempotent, at least once).",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -115,6 +115,45 @@ class DbSettings(_Frozen):
         return f"host={self.host} port={self.port} user={self.user} dbname={self.name}{pw}"
 
 
+Role = Literal["operator", "utility", "viewer"]
+
+
+class TokenGrant(_Frozen):
+    """One API token of the city map: who holds it and what role it has."""
+
+    token: str = Field(min_length=16, max_length=256, description="Bearer token (secret)")
+    role: Role = Field(description="operator (traffic), utility (energy) or viewer (read-only)")
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.@-]+$",
+        description="Who holds the token; recorded in the audit log",
+    )
+
+
+class CitymapSettings(_Frozen):
+    host: str = Field("127.0.0.1", description="Address the map's HTTP server listens on")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port of the map and its API")
+    city: str = Field(
+        "hcm",
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="City id used in MQTT topics (city/{city}/signals/{intersection}/plan)",
+    )
+    tokens: tuple[TokenGrant, ...] = Field(
+        (),
+        max_length=1000,
+        description="API tokens with their roles (JSON list in CITYSTREAM_CITYMAP__TOKENS); "
+        "empty: `citystream map` makes one random token per role and prints them",
+    )
+    max_sse_clients: int = Field(
+        2000, ge=1, le=100_000, description="Open live-update (SSE) connections accepted at once"
+    )
+    evidence_dir: Path | None = Field(
+        None, description="Directory holding evidence images (file URIs outside it are not served)"
+    )
+    db_pool_size: int = Field(8, ge=1, le=200, description="Database connections of the API")
+
+
 class Settings(BaseSettings):
     """Everything a CityStream process needs to know about its surroundings."""
 
@@ -135,6 +174,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     mqtt: MqttSettings = MqttSettings()
     db: DbSettings = DbSettings()
+    citymap: CitymapSettings = CitymapSettings()
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus-style /metrics port of a worker (0: off)"
     )

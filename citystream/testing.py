@@ -99,12 +99,16 @@ class Stack:
         from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(
-            topic,
             bootstrap_servers=self.settings.kafka.bootstrap,
             group_id=f"test-{uuid.uuid4().hex}",
             auto_offset_reset="earliest" if from_beginning else "latest",
             enable_auto_commit=False,
         )
+        # Subscribe once the topic's metadata is known, else the group may be assigned nothing.
+        if not consumer.partitions_for_topic(topic):
+            consumer.close()
+            raise AssertionError(f"topic {topic!r} does not exist on the test broker")
+        consumer.subscribe([topic])
         out: list[Record] = []
         deadline = time.monotonic() + timeout_s
         try:
@@ -147,3 +151,94 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield start_stack(settings)
     finally:
         down(settings)
+
+
+# --- captures: replay into the stack, wait for the pipeline to drain (issue 6) -------------------
+
+#: The small captures the project's own tests use (``tests/captures/``, see its ``regenerate.py``).
+CAPTURES_DIR = Path(__file__).resolve().parents[1] / "tests" / "captures"
+
+
+def capture_path(name: str) -> Path:
+    """A shipped capture by file name, e.g. ``capture_path("meters_day.cap")``."""
+    path = CAPTURES_DIR / name
+    if not path.exists():
+        have = ", ".join(sorted(p.name for p in CAPTURES_DIR.glob("*.cap")))
+        raise FileNotFoundError(f"no capture {name!r} in {CAPTURES_DIR}; have: {have}")
+    return path
+
+
+def replay_capture(
+    stack: Stack,
+    path: str | Path,
+    *,
+    target: str = "kafka",
+    speed: float | None = None,
+    topic_map: dict[str, str] | None = None,
+    topics: tuple[str, ...] | None = None,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    keep_partitions: bool = False,
+    timestamps: str = "now",
+    city: str = "hcm",
+) -> Any:
+    """Play the capture at ``path`` into the stack's Kafka (default) or MQTT (``target="mqtt"``:
+    through the bridge, which the test must run).  ``speed=None`` sends as fast as acked;
+    returns :class:`citystream.capture.replayer.ReplayStats` once everything is acknowledged."""
+    from citystream.capture.format import CaptureReader
+    from citystream.capture.replayer import KafkaTarget, MqttTarget, ReplayOptions, Target, replay
+
+    sink: Target
+    if target == "kafka":
+        sink = KafkaTarget(
+            stack.settings.kafka.bootstrap,
+            topic_map=topic_map,
+            keep_partitions=keep_partitions,
+            timestamps=timestamps,
+        )
+    elif target == "mqtt":
+        m = stack.settings.mqtt
+        sink = MqttTarget(m.host, m.port, city=city, username=m.username, password=m.password)
+    else:
+        raise ValueError(f"target must be 'kafka' or 'mqtt', got {target!r}")
+    options = ReplayOptions(
+        speed=speed or 1.0,
+        as_fast_as_possible=speed is None,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        topics=topics,
+        progress_interval_s=0,
+    )
+    try:
+        with CaptureReader(path) as reader:
+            return replay(reader, sink, options)
+    finally:
+        sink.close()
+
+
+def wait_for_drain(
+    stack: Stack,
+    groups: Any,
+    *,
+    timeout_s: float = 120.0,
+    settle_s: float = 2.0,
+) -> dict[str, dict[tuple[str, int], int]]:
+    """Wait until the consumer ``groups`` have committed everything and stayed so for
+    ``settle_s``.  ``groups``: names, or ``{group: [topics]}`` when a group may not have
+    committed yet.  Raises :class:`citystream.capture.lag.DrainTimeout` naming the lag."""
+    from citystream.capture.lag import wait_for_drain as _wait
+
+    return _wait(stack.settings.kafka.bootstrap, groups, timeout_s=timeout_s, settle_s=settle_s)
+
+
+def consumer_lag(stack: Stack, groups: Any) -> dict[str, dict[tuple[str, int], int]]:
+    """Current lag of ``groups`` per ``(topic, partition)`` (see :func:`wait_for_drain`)."""
+    from kafka.admin import KafkaAdminClient
+
+    from citystream.capture.lag import consumer_lag as _lag
+
+    admin = KafkaAdminClient(bootstrap_servers=stack.settings.kafka.bootstrap)
+    try:
+        return _lag(admin, groups)
+    finally:
+        admin.close()

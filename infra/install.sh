@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${CITYSTREAM_CACHE:-$HOME/.cache/citystream}"
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-APT_PACKAGES=(mosquitto mosquitto-clients postgresql-15 postgresql-server-dev-15 cmake
+APT_PACKAGES=(mosquitto mosquitto-clients postgresql-15 postgresql-server-dev-15 cmake chromium
               gcc make dpkg-dev xz-utils openjdk-17-jre-headless maven)
 APT_OPTIONAL=(kcat)
 

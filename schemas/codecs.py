@@ -22,7 +22,7 @@ M = TypeVar("M", bound=Message)
 
 MAX_JSON_BYTES = 4 * 1024 * 1024
 MAX_FRAME_BYTES = 8 * 1024 * 1024
-DLQ_PAYLOAD_LIMIT = 64 * 1024
+DLQ_PAYLOAD_LIMIT = 512 * 1024  # a whole gateway batch fits; Kafka's default max is 1 MiB
 FRAME_MAGIC = b"CSF1"
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"

@@ -18,7 +18,10 @@ SCHEMA_VERSION = 1
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp is out of range once converted to UTC") from None
 
 
 #: Event time: aware, stored as UTC.
@@ -272,7 +275,7 @@ class DeadLetter(Message):
     partition: int | None = None
     offset: int | None = None
     key: str | None = Field(None, description="Original key, UTF-8 with replacement")
-    payload_b64: str = Field(description="Original payload, base64, truncated to 64 KiB")
+    payload_b64: str = Field(description="Original payload, base64, truncated to 512 KiB")
     payload_size: int = Field(ge=0, description="Size of the original payload in bytes")
     reason: str = Field(min_length=1, max_length=4000)
     error_type: str = Field(min_length=1, max_length=128)

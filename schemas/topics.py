@@ -31,6 +31,9 @@ class Topic:
     schema: str
     codec: Any = field(compare=False, repr=False)
     description: str = ""
+    #: Internal to one app (a repartition): its key is looked up, not a message field,
+    #: and the DB sink does not store it.
+    internal: bool = False
 
     @property
     def dlq(self) -> str:
@@ -126,6 +129,27 @@ TOPICS: dict[str, Topic] = {
             "meter_batch",
             "Smart-meter readings as gateway batches, one record per MQTT message; "
             "the energy app repartitions by district",
+        ),
+        Topic(
+            "energy.district-readings",
+            "district_id",
+            6,
+            DAY_MS,
+            "meter_batch",
+            JsonCodec(m.MeterBatch),
+            "meter.readings repartitioned by district (internal to the energy app)",
+            internal=True,
+        ),
+        Topic(
+            "energy.late-readings",
+            "district_id",
+            3,
+            30 * DAY_MS,
+            "meter_batch",
+            JsonCodec(m.MeterBatch),
+            "Readings that arrived after their window closed (beyond the allowed lateness): "
+            "stored raw by the sink from meter.readings, left out of energy.load totals",
+            internal=True,
         ),
         _json(
             "energy.load",

@@ -56,6 +56,4 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         max_delay_s=args.max_delay,
     )
     sink = DbSink(settings, config)
-    return run_until_signalled(
-        "sink", sink.run, sink.stop, (sink.metrics.registry,), args.metrics_port
-    )
+    return run_until_signalled("sink", sink.run, sink.stop, (sink.registry,), args.metrics_port)

@@ -10,6 +10,7 @@ import pytest
 
 from edge.bridge.routing import STAGE, plan, subscriptions
 from schemas import messages as m
+from schemas.codecs import DLQ_PAYLOAD_LIMIT
 from schemas.topics import DEAD_LETTER_CODEC, MQTT_ROUTES, TOPICS
 from tests.unit.factories import make_batch, make_phase
 
@@ -77,10 +78,10 @@ def test_bad_payloads_become_one_dead_letter_on_the_route_dlq(
 
 
 def test_huge_payload_is_truncated_in_the_dead_letter() -> None:
-    payload = b"{" + b" " * 200_000
+    payload = b"{" + b" " * 600_000
     letter = DEAD_LETTER_CODEC.decode(plan(METER_TOPIC, payload, now=NOW).records[0][2])
     assert letter.payload_size == len(payload)
-    assert len(base64.b64decode(letter.payload_b64)) == 64 * 1024
+    assert len(base64.b64decode(letter.payload_b64)) == DLQ_PAYLOAD_LIMIT
 
 
 def test_unrouted_topic_plans_nothing() -> None:

@@ -111,7 +111,7 @@ def test_frame_rejects_non_jpeg_and_truncated_jpeg() -> None:
 
 
 def test_dead_letter_keeps_reason_and_payload() -> None:
-    payload = b"x" * 100_000
+    payload = b"x" * 600_000
     dl = dead_letter(
         source_topic="meter.readings",
         payload=payload,
@@ -122,8 +122,8 @@ def test_dead_letter_keeps_reason_and_payload() -> None:
         offset=41,
     )
     assert dl.reason == "bad ts" and dl.error_type == "SchemaError"
-    assert dl.payload_size == 100_000
-    assert base64.b64decode(dl.payload_b64) == payload[: 64 * 1024]
+    assert dl.payload_size == 600_000
+    assert base64.b64decode(dl.payload_b64) == payload[: 512 * 1024]
     assert (dl.partition, dl.offset, dl.key) == (2, 41, "m1")
     assert dl.failed_at.utcoffset() is not None
 

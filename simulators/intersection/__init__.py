@@ -1,0 +1,1 @@
+"""A signalised intersection simulated with SUMO, seen by a virtual camera, with ground truth."""

@@ -1,0 +1,604 @@
+"""The intersection simulator: SUMO (libsumo) traffic, signal program, injected violators.
+
+One :class:`IntersectionSim` per process at a time (libsumo is a process-wide singleton).
+Deterministic by ``seed``: SUMO's RNG drives the demand, numpy's (same seed) the injections.
+
+Ground truth is *observed* in the simulation, independent of the camera pipeline:
+
+* ``red_light``: a vehicle entered the junction from the south approach on a red link;
+* ``speeding``: SUMO speed above limit + tolerance on the south arm;
+* ``illegal_stop``: stationary in the no-stopping zone for longer than its limit;
+* ``bus_lane``: a non-bus travelled ``bus_lane_min_m`` on the bus lane;
+* ``wrong_way``: a scripted rider went ``wrong_way_min_m`` against the exit lane.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from schemas.messages import SignalPhaseChange, SignalPlan, SignalState, VehicleClass
+from simulators.intersection.network import NetworkSpec, build_network
+from simulators.intersection.plan import Link, default_plan, group_states, read_links, sumo_phases
+from streams.traffic.counts import PCU
+
+TLS = "C"
+HEIGHT_M = {"motorbike": 1.6, "car": 1.5, "bus": 3.2, "truck": 3.0, "bicycle": 1.6}
+# turn: arm -> movement -> exit arm
+TURNS = {
+    "S": {"through": "N", "right": "E", "left": "W"},
+    "N": {"through": "S", "right": "W", "left": "E"},
+    "E": {"through": "W", "right": "N", "left": "S"},
+    "W": {"through": "E", "right": "S", "left": "N"},
+}
+
+
+@dataclass(frozen=True)
+class ViolatorRates:
+    """Injected violators per hour (all on the south arm, which the camera watches)."""
+
+    red_light: float = 20.0
+    speeding: float = 20.0
+    wrong_way: float = 6.0
+    illegal_stop: float = 6.0
+    bus_lane: float = 10.0
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    intersection_id: str = "int-1"
+    seed: int = 1
+    step_s: float = 0.1
+    start: datetime = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)  # 07:00 in Hanoi
+    demand_veh_h: tuple[tuple[str, float], ...] = (("N", 800), ("S", 900), ("E", 400), ("W", 350))
+    turn_shares: tuple[float, float, float] = (0.7, 0.15, 0.15)  # through, left, right
+    mix: tuple[tuple[str, float], ...] = (
+        ("motorbike", 0.70),
+        ("car", 0.22),
+        ("bus", 0.03),
+        ("truck", 0.05),
+    )
+    ns_green_s: float = 30.0
+    ew_green_s: float = 30.0
+    amber_s: float = 3.0
+    all_red_s: float = 2.0
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    violators: ViolatorRates = field(default_factory=ViolatorRates)
+    speed_tolerance_kmh: float = 5.0
+    no_stop_zone_m: tuple[float, float] = (15.0, 40.0)  # along S_out from the junction
+    no_stop_max_dwell_s: float = 20.0
+    bus_lane_min_m: float = 15.0
+    wrong_way_min_m: float = 8.0
+    workdir: Path | None = None
+
+
+@dataclass(frozen=True)
+class VehicleState:
+    vehicle_id: str
+    track_id: int
+    vehicle_class: VehicleClass
+    x: float  # front bumper centre, as SUMO reports
+    y: float
+    angle_deg: float  # SUMO: 0 = north, clockwise
+    speed_mps: float
+    length_m: float
+    width_m: float
+    height_m: float
+    lane_id: str
+    violator: str | None = None
+
+    @property
+    def heading(self) -> tuple[float, float]:
+        a = np.radians(self.angle_deg)
+        return float(np.sin(a)), float(np.cos(a))
+
+    @property
+    def center(self) -> tuple[float, float]:
+        hx, hy = self.heading
+        return self.x - hx * self.length_m / 2, self.y - hy * self.length_m / 2
+
+
+@dataclass(frozen=True)
+class SimStep:
+    sim_time: float
+    t: float  # epoch seconds
+    vehicles: list[VehicleState]
+    signals: dict[str, SignalState]
+    phase_changes: list[SignalPhaseChange]
+
+
+@dataclass(frozen=True)
+class TruthViolation:
+    kind: str
+    vehicle_id: str
+    track_id: int
+    vehicle_class: VehicleClass
+    t: float
+    injected: bool
+    details: dict[str, float | str]
+
+
+def _vtypes(step_s: float) -> str:
+    common = 'sigma="0.4" speedFactor="normc(0.9,0.04,0.8,1.0)"'
+    return f"""
+  <vType id="motorbike" vClass="motorcycle" length="2.0" width="0.8" minGap="1.0"
+         accel="3.0" decel="5.0" maxSpeed="16.7" {common}/>
+  <vType id="car" vClass="passenger" length="4.5" width="1.8" minGap="2.0" {common}/>
+  <vType id="bus" vClass="bus" length="11.0" width="2.5" minGap="2.5" accel="1.2" {common}/>
+  <vType id="truck" vClass="truck" length="8.0" width="2.4" minGap="2.5" accel="1.3" {common}/>
+  <vType id="motorbike_speeder" vClass="motorcycle" length="2.0" width="0.8" minGap="1.0"
+         accel="3.5" decel="5.0" maxSpeed="25" speedFactor="1.5" sigma="0.2"/>
+  <vType id="car_speeder" vClass="passenger" length="4.5" width="1.8" minGap="2.0"
+         maxSpeed="30" speedFactor="1.45" sigma="0.2"/>
+  <vType id="car_runner" vClass="passenger" length="4.5" width="1.8" speedFactor="0.9"
+         speedDev="0" sigma="0"/>
+  <vType id="motorbike_runner" vClass="motorcycle" length="2.0" width="0.8"
+         speedFactor="0.9" speedDev="0" sigma="0"/>
+  <vType id="car_buslane" vClass="bus" length="4.5" width="1.8" minGap="2.0" {common}/>
+  <vType id="motorbike_buslane" vClass="bus" length="2.0" width="0.8" minGap="1.0" {common}/>
+  <vType id="motorbike_wrongway" vClass="motorcycle" length="2.0" width="0.8"/>
+"""
+
+
+class IntersectionSim:
+    """Run with ``for step in sim.run(seconds)``; :meth:`apply_plan` switches programs."""
+
+    _active = False
+
+    def __init__(self, config: ScenarioConfig | None = None) -> None:
+        self.config = cfg = config or ScenarioConfig()
+        self._tmp = None
+        if cfg.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="citystream-isim-")
+            workdir = Path(self._tmp.name)
+        else:
+            workdir = cfg.workdir
+        self.workdir = workdir
+        self.net_file = build_network(cfg.network, workdir)
+        self.links: list[Link] = read_links(str(self.net_file))
+        self.rng = np.random.default_rng(cfg.seed)
+        self.plan = default_plan(
+            cfg.intersection_id,
+            cfg.start,
+            cfg.ns_green_s,
+            cfg.ew_green_s,
+            cfg.amber_s,
+            cfg.all_red_s,
+        )
+        self.truth: list[TruthViolation] = []
+        self.injected: dict[str, str] = {}  # vehicle id -> intended violation
+        self.time_loss: dict[str, float] = {}  # arrived vehicle -> time loss (s)
+        self.depart: dict[str, float] = {}
+        self.arrived: set[str] = set()
+        self.group_counts_pcu: dict[str, float] = {}
+        self._track_ids: dict[str, int] = {}
+        self._next_track = itertools.count(1)
+        self._groups: dict[str, SignalState] = {}
+        self._last: dict[str, tuple[str, float, float, float]] = {}  # lane, x, y, speed
+        self._vt: dict[str, tuple[float, float]] = {}
+        self._flags: dict[str, dict[str, float]] = {}
+        self._wrongway: dict[str, float] = {}  # id -> start y
+        self._pending: list[tuple[float, str, dict[str, object]]] = []
+        self._started = False
+        self._runner_planned = False
+        self._write_routes()
+
+    # --- setup ---------------------------------------------------------------------------
+    def _write_routes(self) -> None:
+        cfg = self.config
+        lines = ["<routes>", _vtypes(cfg.step_s)]
+        lines.append('  <vTypeDistribution id="mix">')
+        for name, p in cfg.mix:
+            lines.append(
+                f'    <vType id="mix_{name}" vClass="{_vclass(name)}" '
+                f'probability="{p}" {_type_attrs(name)}/>'
+            )
+        lines.append("  </vTypeDistribution>")
+        for arm, turns in TURNS.items():
+            for mv, dest in turns.items():
+                lines.append(f'  <route id="{arm}_{mv}" edges="{arm}_in {dest}_out"/>')
+        shares = dict(zip(("through", "left", "right"), cfg.turn_shares, strict=True))
+        for arm, vph in cfg.demand_veh_h:
+            for mv, share in shares.items():
+                rate = vph * share / 3600.0
+                if rate > 0:
+                    lines.append(
+                        f'  <flow id="f_{arm}_{mv}" route="{arm}_{mv}" type="mix" begin="0" '
+                        f'end="86400" period="exp({rate:.6f})" departLane="best" '
+                        f'departSpeed="desired"/>'
+                    )
+        lines.append("</routes>")
+        (self.workdir / "demand.rou.xml").write_text("\n".join(lines))
+
+    def start(self) -> None:
+        import libsumo
+        import sumo
+
+        if IntersectionSim._active:
+            raise RuntimeError("libsumo runs one simulation per process; close() the other")
+        cfg = self.config
+        binary = str(Path(sumo.SUMO_HOME) / "bin" / "sumo")
+        libsumo.start(
+            [
+                binary,
+                "-n",
+                str(self.net_file),
+                "-r",
+                str(self.workdir / "demand.rou.xml"),
+                "--step-length",
+                str(cfg.step_s),
+                "--seed",
+                str(cfg.seed),
+                "--no-step-log",
+                "true",
+                "--no-warnings",
+                "true",
+                "--collision.action",
+                "none",
+                "--time-to-teleport",
+                "300",
+                "--default.action-step-length",
+                "0.5",
+                "--lanechange.duration",
+                "1.5",
+            ]
+        )
+        IntersectionSim._active = True
+        self._started = True
+        libsumo.route.add("S_out_only", ["S_out"])
+        self.apply_plan(self.plan)
+
+    def close(self) -> None:
+        import libsumo
+
+        if self._started:
+            libsumo.close()
+            self._started = False
+            IntersectionSim._active = False
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> IntersectionSim:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- signal plans --------------------------------------------------------------------
+    def apply_plan(self, plan: SignalPlan) -> None:
+        """Install ``plan`` as a fixed-time SUMO program, starting now at its first phase."""
+        import libsumo
+
+        phases = [libsumo.TraCIPhase(d, s) for d, s in sumo_phases(plan, self.links)]
+        logic = libsumo.TraCILogic(plan.plan_id, 0, 0, phases)
+        libsumo.trafficlight.setProgramLogic(TLS, logic)
+        libsumo.trafficlight.setProgram(TLS, plan.plan_id)
+        libsumo.trafficlight.setPhase(TLS, 0)
+        self.plan = plan
+
+    # --- running -------------------------------------------------------------------------
+    @property
+    def sim_time(self) -> float:
+        import libsumo
+
+        return float(libsumo.simulation.getTime())
+
+    def epoch(self, sim_time: float) -> float:
+        return self.config.start.timestamp() + sim_time
+
+    def run(self, seconds: float) -> Iterator[SimStep]:
+        if not self._started:
+            self.start()
+        n = round(seconds / self.config.step_s)
+        for _ in range(n):
+            yield self.step()
+
+    def step(self) -> SimStep:
+        import libsumo
+        from libsumo import constants as tc
+
+        vars_ = [
+            tc.VAR_POSITION,
+            tc.VAR_ANGLE,
+            tc.VAR_SPEED,
+            tc.VAR_LANE_ID,
+            tc.VAR_TYPE,
+            tc.VAR_TIMELOSS,
+        ]
+        self._schedule_injections()
+        libsumo.simulationStep()
+        now = self.sim_time
+        for vid in libsumo.simulation.getDepartedIDList():
+            libsumo.vehicle.subscribe(vid, vars_)
+            self.depart[vid] = now
+        for vid in libsumo.simulation.getArrivedIDList():
+            self._finish(vid)
+        self._move_wrongway(now)
+        state = libsumo.trafficlight.getRedYellowGreenState(TLS)
+        groups = group_states(state, self.links)
+        changes = [
+            SignalPhaseChange(
+                intersection_id=self.config.intersection_id,
+                signal_group=g,
+                state=s,
+                changed_at=self.config.start + timedelta(seconds=now),
+                program_id=self.plan.plan_id[:64],
+            )
+            for g, s in sorted(groups.items())
+            if self._groups.get(g) is not s
+        ]
+        self._groups = groups
+        results = libsumo.vehicle.getAllSubscriptionResults()
+        vehicles = []
+        via_index = self._via_index()
+        for vid, r in results.items():
+            x, y = r[tc.VAR_POSITION]
+            lane = r[tc.VAR_LANE_ID]
+            speed = r[tc.VAR_SPEED]
+            vtype = r[tc.VAR_TYPE]
+            self.time_loss[vid] = r[tc.VAR_TIMELOSS]
+            cls_name = vtype.removeprefix("mix_").split("_")[0]
+            cls = VehicleClass(cls_name)
+            if vtype not in self._vt:
+                self._vt[vtype] = (
+                    libsumo.vehicletype.getLength(vtype),
+                    libsumo.vehicletype.getWidth(vtype),
+                )
+            length, width = self._vt[vtype]
+            tid = self._track_ids.get(vid) or self._track_ids.setdefault(
+                vid, next(self._next_track)
+            )
+            self._observe_truth(vid, tid, cls, lane, x, y, speed, now, state, via_index)
+            if vid in self._wrongway:
+                speed = 5.0
+            vehicles.append(
+                VehicleState(
+                    vid,
+                    tid,
+                    cls,
+                    x,
+                    y,
+                    r[tc.VAR_ANGLE],
+                    speed,
+                    length,
+                    width,
+                    HEIGHT_M.get(cls_name, 1.5),
+                    lane,
+                    self.injected.get(vid),
+                )
+            )
+        return SimStep(now, self.epoch(now), vehicles, dict(groups), changes)
+
+    def _via_index(self) -> dict[str, int]:
+        if not hasattr(self, "_via"):
+            import libsumo
+
+            self._via = {
+                via: i
+                for i, links in enumerate(libsumo.trafficlight.getControlledLinks(TLS))
+                for _, _, via in links
+            }
+        return self._via
+
+    def _finish(self, vid: str) -> None:
+        self.arrived.add(vid)
+        self._last.pop(vid, None)
+        self._flags.pop(vid, None)
+
+    # --- ground truth --------------------------------------------------------------------
+    def _emit(
+        self, kind: str, vid: str, tid: int, cls: VehicleClass, now: float, **details: float | str
+    ) -> None:
+        self.truth.append(
+            TruthViolation(
+                kind, vid, tid, cls, self.epoch(now), self.injected.get(vid) == kind, details
+            )
+        )
+
+    def _observe_truth(
+        self,
+        vid: str,
+        tid: int,
+        cls: VehicleClass,
+        lane: str,
+        x: float,
+        y: float,
+        speed: float,
+        now: float,
+        state: str,
+        via_index: dict[str, int],
+    ) -> None:
+        cfg = self.config
+        flags = self._flags.setdefault(vid, {})
+        prev = self._last.get(vid)
+        self._last[vid] = (lane, x, y, speed)
+        if prev is not None and not prev[0].startswith(":") and lane.startswith(":"):
+            idx = via_index.get(lane)
+            if idx is not None:
+                group = self.links[idx].group
+                self.group_counts_pcu[group] = self.group_counts_pcu.get(group, 0.0) + PCU.get(
+                    cls, 1.0
+                )
+        if prev is not None and prev[0].startswith("S_in") and lane.startswith(":"):
+            idx = via_index.get(lane)
+            if idx is not None and state[idx] in "rR":
+                self._emit("red_light", vid, tid, cls, now, lane_id=prev[0])
+        on_south = lane.startswith(("S_in", "S_out"))
+        limit = cfg.network.speed_limit_kmh + cfg.speed_tolerance_kmh
+        if (
+            on_south
+            and speed * 3.6 > limit
+            and "speeding" not in flags
+            and vid not in self._wrongway
+        ):
+            flags["speeding"] = now
+            self._emit("speeding", vid, tid, cls, now, speed_kmh=round(speed * 3.6, 2))
+        if lane == "S_in_0" and cls is not VehicleClass.bus and prev is not None:
+            flags["bus_m"] = flags.get("bus_m", 0.0) + float(np.hypot(x - prev[1], y - prev[2]))
+            if flags["bus_m"] >= cfg.bus_lane_min_m and "bus_lane" not in flags:
+                flags["bus_lane"] = now
+                self._emit("bus_lane", vid, tid, cls, now)
+        z0, z1 = cfg.no_stop_zone_m
+        in_zone = lane == "S_out_0" and -z1 - 10.4 <= y <= -z0 - 10.4
+        if in_zone and speed < 0.1:
+            flags.setdefault("stop_t", now)
+            if now - flags["stop_t"] > cfg.no_stop_max_dwell_s and "illegal_stop" not in flags:
+                flags["illegal_stop"] = now
+                self._emit("illegal_stop", vid, tid, cls, now)
+        else:
+            flags.pop("stop_t", None)
+        ww_start = self._wrongway.get(vid)
+        went = y - ww_start if ww_start is not None else 0.0
+        if went >= cfg.wrong_way_min_m and "wrong_way" not in flags:
+            flags["wrong_way"] = now
+            self._emit("wrong_way", vid, tid, cls, now)
+
+    # --- violators -----------------------------------------------------------------------
+    def _schedule_injections(self) -> None:
+        import libsumo
+
+        cfg = self.config
+        now = self.sim_time
+        dt = cfg.step_s
+        rates = cfg.violators
+        rng = self.rng
+        n = len(self.injected)
+        # red-light runners: timed to reach the stop line 1-6 s into the south red
+        phase = libsumo.trafficlight.getPhase(TLS)
+        if phase == 0 and not self._runner_planned:
+            self._runner_planned = True
+            p = rates.red_light * self.plan.cycle_s / 3600.0
+            if rng.random() < p:
+                red_at = libsumo.trafficlight.getNextSwitch(TLS) + self.plan.phases[0].amber_s
+                travel = libsumo.lane.getLength("S_in_1") / 12.5
+                t_ins = red_at + rng.uniform(0.8, 4.0) - travel
+                if t_ins > now:
+                    cls = "motorbike" if rng.random() < 0.7 else "car"
+                    self._pending.append((t_ins, cls, {}))
+        elif phase != 0:
+            self._runner_planned = False
+        for item in [x for x in self._pending if x[0] <= now]:
+            self._pending.remove(item)
+            counts = {k: libsumo.lane.getLastStepVehicleNumber(f"S_in_{k}") for k in (1, 2)}
+            lane = min(counts, key=lambda k: (counts[k], k))
+            vid = f"v_red_{len(self.injected)}"
+            libsumo.vehicle.add(
+                vid,
+                "S_through",
+                typeID=f"{item[1]}_runner",
+                depart="now",
+                departLane=str(lane),
+                departSpeed="max",
+            )
+            libsumo.vehicle.setSpeedMode(vid, 7)  # ignore red lights and right of way
+            self.injected[vid] = "red_light"
+        if rng.random() < rates.speeding * dt / 3600:
+            cls = "motorbike" if rng.random() < 0.6 else "car"
+            route = "S_through" if rng.random() < 0.5 else "N_through"
+            vid = f"v_speed_{n}"
+            libsumo.vehicle.add(
+                vid,
+                route,
+                typeID=f"{cls}_speeder",
+                depart="now",
+                departLane="free",
+                departSpeed="max",
+            )
+            self.injected[vid] = "speeding"
+        elif rng.random() < rates.bus_lane * dt / 3600:
+            cls = "motorbike" if rng.random() < 0.5 else "car"
+            vid = f"v_bus_{n}"
+            libsumo.vehicle.add(
+                vid,
+                "S_through",
+                typeID=f"{cls}_buslane",
+                depart="now",
+                departLane="0",
+                departSpeed="desired",
+            )
+            self.injected[vid] = "bus_lane"
+        elif rng.random() < rates.illegal_stop * dt / 3600:
+            cls = "motorbike" if rng.random() < 0.5 else "car"
+            vid = f"v_stop_{n}"
+            libsumo.vehicle.add(
+                vid,
+                "N_through",
+                typeID=f"mix_{cls}",
+                depart="now",
+                departLane="0",
+                departSpeed="desired",
+            )
+            z0, z1 = cfg.no_stop_zone_m
+            pos = float(rng.uniform(z0 + 3, z1 - 3))
+            libsumo.vehicle.setStop(
+                vid, "S_out", pos=pos, laneIndex=0, duration=cfg.no_stop_max_dwell_s + 25
+            )
+            self.injected[vid] = "illegal_stop"
+        elif rng.random() < rates.wrong_way * dt / 3600:
+            vid = f"v_wrong_{n}"
+            libsumo.vehicle.add(
+                vid,
+                "S_out_only",
+                typeID="motorbike_wrongway",
+                depart="now",
+                departPos="110",
+                departLane="0",
+                departSpeed="0",
+            )
+            self.injected[vid] = "wrong_way"
+            self._wrongway[vid] = -125.0
+            self._ww_y = getattr(self, "_ww_y", {})
+            self._ww_y[vid] = -125.0
+
+    def _move_wrongway(self, now: float) -> None:
+        import libsumo
+
+        ww = getattr(self, "_ww_y", {})
+        live = set(libsumo.vehicle.getIDList())
+        for vid in list(ww):
+            if vid not in live:
+                continue
+            y = ww[vid] + 5.0 * self.config.step_s  # 18 km/h northbound, on the exit lane
+            if y > -14:
+                libsumo.vehicle.unsubscribe(vid)
+                libsumo.vehicle.remove(vid)
+                del ww[vid]
+                continue
+            ww[vid] = y
+            libsumo.vehicle.setSpeed(vid, 0.0)  # we move it, SUMO does not
+            libsumo.vehicle.moveToXY(vid, "S_out", 0, -4.8, y, angle=0.0, keepRoute=2)
+
+    # --- measures ------------------------------------------------------------------------
+    def average_delay_s(self, departed_after: float = 0.0) -> tuple[float, int]:
+        """Mean time loss (s) of the (non-injected) vehicles that departed after
+        ``departed_after`` (sim s) and have left the network."""
+        vals = [
+            loss
+            for vid, loss in self.time_loss.items()
+            if self.depart.get(vid, -1) >= departed_after
+            and vid not in self.injected
+            and vid in self.arrived
+        ]
+        return (float(np.mean(vals)) if vals else 0.0), len(vals)
+
+
+def _vclass(name: str) -> str:
+    return {"motorbike": "motorcycle", "car": "passenger"}.get(name, name)
+
+
+def _type_attrs(name: str) -> str:
+    sizes = {
+        "motorbike": 'length="2.0" width="0.8" minGap="1.0" accel="3.0" maxSpeed="16.7"',
+        "car": 'length="4.5" width="1.8" minGap="2.0"',
+        "bus": 'length="11.0" width="2.5" minGap="2.5" accel="1.2"',
+        "truck": 'length="8.0" width="2.4" minGap="2.5" accel="1.3"',
+    }
+    return sizes[name] + ' sigma="0.4" speedFactor="normc(0.9,0.04,0.8,1.0)"'

@@ -1,0 +1,180 @@
+"""A plain Kafka consumer loop with exact, at-least-once offset control.
+
+Stages that keep state across records (windows) or write to external systems (the DB)
+must not commit an offset before the effect of every record up to it is durable.  A
+:class:`ConsumerLoop` polls, hands each record to ``handle``, and every ``commit_every_s``
+asks the stage to make its effects durable (``checkpoint``) and which offsets are safe;
+only then does it flush the producer and commit.  A crash replays from the last commit,
+and natural keys downstream turn the replay into a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+from citystream.errors import SinkError
+from citystream.metrics import Registry
+from citystream.settings import Settings
+from schemas.messages import DeadLetter
+from schemas.topics import DEAD_LETTER_CODEC, TOPICS
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerLoop(ABC):
+    """Subclasses implement :meth:`handle` and may override :meth:`checkpoint`."""
+
+    #: Name used in logs and metric prefixes.
+    name = "consumer"
+
+    def __init__(
+        self,
+        settings: Settings,
+        topics: tuple[str, ...],
+        group_id: str,
+        *,
+        commit_every_s: float = 1.0,
+        max_poll_records: int = 2000,
+        progress_every_s: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.group_id = group_id
+        self.commit_every_s = commit_every_s
+        self.max_poll_records = max_poll_records
+        self.progress_every_s = progress_every_s
+        self.registry = Registry(prefix=f"citystream_{self.name.replace('-', '_')}")
+        self.records = self.registry.counter("records_total", "Records consumed", ("topic",))
+        self.dead = self.registry.counter("dead_letters_total", "Records dead-lettered", ("topic",))
+        self.commits = self.registry.counter("commits_total", "Offset commits")
+        self._stop = threading.Event()
+        self.consumer: Any = None
+        self.producer: Any = None
+        # highest offset + 1 handled per (topic, partition)
+        self._handled: dict[tuple[str, int], int] = {}
+        self._sent: list[Any] = []  # futures of sends since the last commit
+
+    # -- to implement ---------------------------------------------------------------------
+
+    @abstractmethod
+    def handle(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        """Process one record (send results with :meth:`send`)."""
+
+    def checkpoint(self, handled: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        """Make effects durable; return the offsets that are safe to commit (default: all
+        handled ones).  Called before every commit, and at shutdown."""
+        return handled
+
+    def on_idle(self) -> None:
+        """Called after each poll (e.g. to advance watermarks on idle input)."""
+        return None
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self._sent.append(self.producer.send(topic, key=key, value=value))
+
+    def dead_letter(self, topic: str, key: bytes | None, letter: DeadLetter) -> None:
+        self.dead.labels(topic).inc()
+        self.send(
+            TOPICS[topic].dlq if topic in TOPICS else f"{topic}.dlq",
+            key,
+            DEAD_LETTER_CODEC.encode(letter),
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- loop -----------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        bootstrap = self.settings.kafka.bootstrap
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_poll_records,
+            metadata_max_age_ms=30_000,
+        )
+        # Subscribe only once the topics' metadata is known: a group joined before that is
+        # assigned nothing for those topics until the next metadata refresh.
+        missing = [t for t in self.topics if not self.consumer.partitions_for_topic(t)]
+        if missing:
+            log.warning(
+                "%s: topics not (yet) on the broker: %s; run `citystream up` to create them",
+                self.name,
+                ", ".join(missing),
+            )
+        self.consumer.subscribe(list(self.topics))
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024
+        )
+
+    def run(self) -> None:
+        if self.consumer is None:
+            self.connect()
+        log.info("%s: %s (group %s)", self.name, ", ".join(self.topics), self.group_id)
+        last_commit = last_progress = time.monotonic()
+        seen_at_progress = 0.0
+        try:
+            while not self._stop.is_set():
+                for tp, msgs in self.consumer.poll(timeout_ms=200).items():
+                    for msg in msgs:
+                        self.records.labels(tp.topic).inc()
+                        self.handle(tp.topic, tp.partition, msg.offset, msg.key, msg.value)
+                        self._handled[(tp.topic, tp.partition)] = msg.offset + 1
+                self.on_idle()
+                now = time.monotonic()
+                if now - last_commit >= self.commit_every_s:
+                    self.commit()
+                    last_commit = now
+                if now - last_progress >= self.progress_every_s:
+                    total = self.records.total
+                    log.info(
+                        "%s: %.0f records/s, %d records, %d dead letters, %d commits",
+                        self.name,
+                        (total - seen_at_progress) / (now - last_progress),
+                        total,
+                        self.dead.total,
+                        self.commits.value,
+                    )
+                    seen_at_progress, last_progress = total, now
+            self.commit()
+        finally:
+            self.close()
+
+    def commit(self) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        safe = self.checkpoint(dict(self._handled))
+        self.producer.flush()
+        failed = [f for f in self._sent if f.failed()]
+        if failed:
+            # Never commit past a record whose output did not reach Kafka: stop, and let the
+            # restart replay from the last commit.
+            raise SinkError(f"{self.name}: {len(failed)} sends failed, e.g. {failed[0].exception}")
+        self._sent.clear()
+        # After a rebalance, partitions handed to another member are not ours to commit.
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        safe = {k: v for k, v in safe.items() if k in assigned}
+        if safe:
+            self.consumer.commit(
+                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in safe.items()}
+            )
+            self.commits.inc()
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+        if self.producer is not None:
+            self.producer.close()

@@ -1,0 +1,86 @@
+"""Red-light running: the stop line crossed while the lane's signal group shows red.
+
+Amber is the grace: crossing on amber is legal, and so is crossing within ``grace_s`` of red
+onset (clock skew between controller and camera).  A vehicle must also be ``commit_m`` past
+the line while still red: one that overshoots the line a little, waits, and goes on green
+is not a violation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.messages import SignalState, ViolationKind
+from streams.traffic.calibration import Calibration
+from streams.traffic.geometry import segment_crossings
+from streams.traffic.rules.common import NOT_VEHICLES, RuleViolation, score
+from streams.traffic.signals import SignalTimeline
+from streams.traffic.tracks import MPS_TO_KMH, TrackHistory
+
+
+@dataclass(frozen=True)
+class RedLightParams:
+    grace_s: float = 0.3
+    commit_m: float = 2.0
+    confident_after_s: float = 2.0  # time into red at which the margin factor saturates
+
+
+def red_light(
+    tracks: Iterable[TrackHistory],
+    calibration: Calibration,
+    signals: SignalTimeline,
+    params: RedLightParams = RedLightParams(),
+) -> list[RuleViolation]:
+    out: list[RuleViolation] = []
+    lanes = [lane for lane in calibration.approach_lanes if lane.signal_group]
+    for tr in tracks:
+        if tr.vehicle_class in NOT_VEHICLES or len(tr) < 2:
+            continue
+        for lane in lanes:
+            assert lane.stop_line is not None and lane.signal_group is not None
+            a, b = np.asarray(lane.stop_line[0]), np.asarray(lane.stop_line[1])
+            for i, f in segment_crossings(tr.xy, a, b):
+                step = tr.xy[i + 1] - tr.xy[i]
+                if float(step @ lane.dir) <= 0:
+                    continue  # crossing backwards (wrong way): another rule's business
+                t_cross = float(tr.t[i] + f * (tr.t[i + 1] - tr.t[i]))
+                state = signals.since(lane.signal_group, t_cross)
+                if state is None or state[0] is not SignalState.red:
+                    continue
+                into_red = t_cross - state[1]
+                if into_red < params.grace_s:
+                    continue
+                past = (tr.xy[i + 1 :] - a) @ lane.dir
+                beyond = np.flatnonzero(past >= params.commit_m)
+                if len(beyond) == 0:
+                    continue  # not seen far enough past the line
+                k = i + 1 + int(beyond[0])
+                if signals.state_at(lane.signal_group, float(tr.t[k])) is not SignalState.red:
+                    continue  # overshot on red, went on green
+                dt = float(tr.t[i + 1] - tr.t[i])
+                speed = float(np.linalg.norm(step) / dt * MPS_TO_KMH) if dt > 0 else 0.0
+                pos = tr.xy[i] + f * step
+                out.append(
+                    RuleViolation(
+                        kind=ViolationKind.red_light,
+                        camera_id=tr.camera_id,
+                        track_id=tr.track_id,
+                        vehicle_class=tr.vehicle_class,
+                        t=t_cross,
+                        confidence=score(tr, i - 5, k + 1, into_red / params.confident_after_s),
+                        ground_xy=(float(pos[0]), float(pos[1])),
+                        details={
+                            "lane_id": lane.lane_id,
+                            "signal_group": lane.signal_group,
+                            "signal_state": "red",
+                            "red_onset_t": round(state[1], 3),
+                            "time_into_red_s": round(into_red, 3),
+                            "crossing_speed_kmh": round(speed, 2),
+                        },
+                    )
+                )
+                break  # one per lane and track
+    return out

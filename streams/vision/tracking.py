@@ -1,0 +1,301 @@
+"""ByteTrack-style multi-object tracking, one tracker per camera.
+
+Per frame (:meth:`ByteTracker.update`):
+
+1. every live track is predicted forward by a constant-velocity Kalman filter over
+   (cx, cy, w, h);
+2. high-confidence detections are matched to tracked and lost tracks by IoU (Hungarian);
+3. low-confidence detections are matched to the still unmatched *tracked* tracks (ByteTrack's
+   second stage: keeps tracks alive through occlusion, where the detector is less sure);
+4. unconfirmed (one-frame) tracks get one chance against the remaining high detections;
+5. remaining high detections start new tracks; tracks unmatched for more than
+   ``track_buffer`` frames are dropped.
+
+A track gets its id when it is confirmed (``min_hits`` matches), from a counter owned by the
+tracker instance: ids of one camera never depend on any other camera or on batching.
+The class of a track is the confidence-weighted vote over its detections, so a box that the
+detector labels ``motorbike`` 9 times and ``bicycle`` once stays a motorbike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import linear_sum_assignment
+
+from streams.vision.detections import Detections
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Thresholds of the tracker (ByteTrack defaults, tuned for traffic at 10-30 fps)."""
+
+    high_thresh: float = 0.5
+    low_thresh: float = 0.1
+    new_track_thresh: float = 0.6
+    match_iou: float = 0.2
+    low_match_iou: float = 0.5
+    unconfirmed_match_iou: float = 0.3
+    track_buffer: int = 30
+    min_hits: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low_thresh <= self.high_thresh <= 1:
+            raise ValueError("TrackerConfig needs 0 <= low_thresh <= high_thresh <= 1")
+        if self.track_buffer < 0 or self.min_hits < 1:
+            raise ValueError("TrackerConfig needs track_buffer >= 0 and min_hits >= 1")
+
+
+class _State(Enum):
+    tentative = 0
+    tracked = 1
+    lost = 2
+
+
+_F = np.eye(8)
+_F[:4, 4:] = np.eye(4)
+_H = np.eye(4, 8)
+_STD_POS = 1.0 / 20
+_STD_VEL = 1.0 / 160
+
+
+def _xyxy_to_cxcywh(b: FloatArray) -> FloatArray:
+    return np.array([(b[0] + b[2]) / 2, (b[1] + b[3]) / 2, b[2] - b[0], b[3] - b[1]])
+
+
+def _cxcywh_to_xyxy(s: FloatArray) -> FloatArray:
+    cx, cy, w, h = s[:4]
+    w, h = max(w, 1e-3), max(h, 1e-3)
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+@dataclass
+class _Track:
+    mean: FloatArray
+    cov: FloatArray
+    class_votes: dict[int, float]
+    confidence: float
+    state: _State = _State.tentative
+    track_id: int = -1
+    hits: int = 1
+    missed: int = 0
+    last_box: FloatArray = field(default_factory=lambda: np.zeros(4))
+
+    @classmethod
+    def start(cls, box: FloatArray, conf: float, class_id: int) -> _Track:
+        z = _xyxy_to_cxcywh(box)
+        w, h = z[2], z[3]
+        std = np.array(
+            [
+                2 * _STD_POS * w,
+                2 * _STD_POS * h,
+                2 * _STD_POS * w,
+                2 * _STD_POS * h,
+                10 * _STD_VEL * w,
+                10 * _STD_VEL * h,
+                10 * _STD_VEL * w,
+                10 * _STD_VEL * h,
+            ]
+        )
+        mean = np.concatenate([z, np.zeros(4)])
+        return cls(mean, np.diag(std**2), {class_id: conf}, conf, last_box=box.copy())
+
+    def predict(self) -> None:
+        w, h = max(self.mean[2], 1.0), max(self.mean[3], 1.0)
+        std = np.array(
+            [
+                _STD_POS * w,
+                _STD_POS * h,
+                _STD_POS * w,
+                _STD_POS * h,
+                _STD_VEL * w,
+                _STD_VEL * h,
+                _STD_VEL * w,
+                _STD_VEL * h,
+            ]
+        )
+        if self.state is not _State.tracked:
+            self.mean[6:8] = 0.0  # do not let the size drift while unseen
+        self.mean = _F @ self.mean
+        self.cov = _F @ self.cov @ _F.T + np.diag(std**2)
+
+    def update(self, box: FloatArray, conf: float, class_id: int) -> None:
+        z = _xyxy_to_cxcywh(box)
+        w, h = max(self.mean[2], 1.0), max(self.mean[3], 1.0)
+        r = np.diag(np.array([_STD_POS * w, _STD_POS * h, _STD_POS * w, _STD_POS * h]) ** 2)
+        s = _H @ self.cov @ _H.T + r
+        gain = np.linalg.solve(s, _H @ self.cov).T
+        self.mean = self.mean + gain @ (z - _H @ self.mean)
+        self.cov = self.cov - gain @ s @ gain.T
+        self.class_votes[class_id] = self.class_votes.get(class_id, 0.0) + conf
+        self.confidence = conf
+        self.hits += 1
+        self.missed = 0
+        self.last_box = box.copy()
+
+    @property
+    def box(self) -> FloatArray:
+        return _cxcywh_to_xyxy(self.mean)
+
+    @property
+    def class_id(self) -> int:
+        # highest vote; ties go to the smaller class id, so the result is deterministic
+        return min(self.class_votes, key=lambda c: (-self.class_votes[c], c))
+
+
+def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
+    """IoU matrix (len(a), len(b)) of two xyxy box arrays."""
+    a = a.reshape(-1, 4)
+    b = b.reshape(-1, 4)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    out: FloatArray = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+    return out
+
+
+def _match(
+    tracks: list[_Track], boxes: FloatArray, min_iou: float
+) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Hungarian matching on 1 - IoU; pairs below ``min_iou`` are not matched."""
+    if not tracks or len(boxes) == 0:
+        return [], list(range(len(tracks))), list(range(len(boxes)))
+    iou = box_iou(np.array([t.box for t in tracks]), boxes)
+    rows, cols = linear_sum_assignment(1.0 - iou)
+    pairs = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= min_iou]
+    used_t = {r for r, _ in pairs}
+    used_d = {c for _, c in pairs}
+    return (
+        pairs,
+        [i for i in range(len(tracks)) if i not in used_t],
+        [j for j in range(len(boxes)) if j not in used_d],
+    )
+
+
+class ByteTracker:
+    """The tracker of one camera.  Not thread-safe; one instance per camera."""
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self.frame_count = 0
+
+    def reset(self) -> None:
+        """Forget every track (e.g. after the camera moved); ids keep increasing."""
+        self._tracks = []
+
+    @property
+    def live_track_count(self) -> int:
+        return len(self._tracks)
+
+    def update(self, detections: Detections) -> Detections:
+        """Associate one frame's detections; returns the confirmed tracks seen in this frame.
+
+        The result holds the detection boxes with ``tracker_id`` set and ``class_id`` replaced
+        by the track's voted class.
+        """
+        cfg = self.config
+        self.frame_count += 1
+        conf = detections.confidence
+        high = np.flatnonzero(conf >= cfg.high_thresh)
+        low = np.flatnonzero((conf >= cfg.low_thresh) & (conf < cfg.high_thresh))
+        xyxy = detections.xyxy
+
+        for t in self._tracks:
+            t.predict()
+        active = [t for t in self._tracks if t.state is not _State.tentative]
+        tentative = [t for t in self._tracks if t.state is _State.tentative]
+        matched: list[tuple[_Track, int]] = []
+
+        # 1. high detections vs tracked + lost
+        pairs, um_t, um_d = _match(active, xyxy[high], cfg.match_iou)
+        matched += [(active[i], int(high[j])) for i, j in pairs]
+        rest_high = high[um_d]
+        # 2. low detections vs the still unmatched tracks that were tracked last frame
+        remaining = [active[i] for i in um_t if active[i].state is _State.tracked]
+        pairs2, _, _ = _match(remaining, xyxy[low], cfg.low_match_iou)
+        matched += [(remaining[i], int(low[j])) for i, j in pairs2]
+        # 3. tentative tracks vs remaining high detections
+        pairs3, _, um_d3 = _match(tentative, xyxy[rest_high], cfg.unconfirmed_match_iou)
+        matched += [(tentative[i], int(rest_high[j])) for i, j in pairs3]
+        rest_high = rest_high[um_d3]
+
+        matched_ids = {id(t) for t, _ in matched}
+        for t, j in matched:
+            t.update(xyxy[j], float(conf[j]), int(detections.class_id[j]))
+            if t.state is _State.lost or (t.state is _State.tentative and t.hits >= cfg.min_hits):
+                if t.track_id < 0:
+                    t.track_id = self._next_id
+                    self._next_id += 1
+                t.state = _State.tracked
+        survivors: list[_Track] = []
+        for t in self._tracks:
+            if id(t) in matched_ids:
+                survivors.append(t)
+                continue
+            t.missed += 1
+            if t.state is _State.tentative or t.missed > cfg.track_buffer:
+                continue  # dropped
+            t.state = _State.lost
+            survivors.append(t)
+        # 5. new tracks
+        for j in rest_high:
+            if conf[j] >= cfg.new_track_thresh:
+                t = _Track.start(xyxy[j], float(conf[j]), int(detections.class_id[j]))
+                if cfg.min_hits <= 1:
+                    t.state = _State.tracked
+                    t.track_id = self._next_id
+                    self._next_id += 1
+                survivors.append(t)
+                matched.append((t, int(j)))
+        self._tracks = survivors
+
+        out = [(t, j) for t, j in matched if t.state is _State.tracked]
+        out.sort(key=lambda p: p[0].track_id)
+        if not out:
+            return Detections.empty()
+        return Detections(
+            np.array([xyxy[j] for _, j in out]),
+            np.array([conf[j] for _, j in out]),
+            np.array([t.class_id for t, _ in out], dtype=np.int64),
+            np.array([t.track_id for t, _ in out], dtype=np.int64),
+        )
+
+
+class MultiCameraTracker:
+    """One :class:`ByteTracker` per camera, created on first sight, removable at run time."""
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        self._trackers: dict[str, ByteTracker] = {}
+
+    def update(self, camera_id: str, detections: Detections) -> Detections:
+        tracker = self._trackers.get(camera_id)
+        if tracker is None:
+            tracker = self._trackers[camera_id] = ByteTracker(self.config)
+        return tracker.update(detections)
+
+    def remove(self, camera_id: str) -> None:
+        self._trackers.pop(camera_id, None)
+
+    def reset(self, camera_id: str) -> None:
+        """Drop the camera's tracks (its view moved); its ids keep increasing."""
+        if camera_id in self._trackers:
+            self._trackers[camera_id].reset()
+
+    @property
+    def cameras(self) -> list[str]:
+        return sorted(self._trackers)

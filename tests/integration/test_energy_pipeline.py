@@ -1,0 +1,238 @@
+"""The energy path end to end on the real stack.
+
+simulated city → edge gateway agent (durable outbox, MQTT QoS 1) → Mosquitto → bridge →
+Kafka meter.readings → energy router → energy.district-readings → aggregator (windows,
+anomalies) → energy.load / energy.alerts → DB sink → TimescaleDB; then the forecaster.
+
+Every worker runs as a real subprocess.  The expected data comes from running the same
+deterministic simulator in the test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from citystream.testing import Stack
+from schemas.messages import MeterBatch, MeterReading
+from simulators.meters.block import to_readings
+from simulators.meters.generator import MeterSimulator
+from simulators.meters.seed import seed_reference
+from simulators.meters.topology import CityConfig, build_city
+from streams.energy.forecast_job import ForecastConfig, ForecastJob
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+METERS, SEED, HOURS = 300, 11, 48
+START = "2026-03-02T00:00:00+07:00"
+
+
+def expected_readings() -> dict[tuple[str, datetime], MeterReading]:
+    """Distinct readings of the simulated run (first arrival wins)."""
+    city = build_city(CityConfig(n_meters=METERS, seed=SEED))
+    sim = MeterSimulator(city, seed=SEED, record_truth=False)
+    t0 = datetime.fromisoformat(START)
+    readings: dict[tuple[str, datetime], MeterReading] = {}
+    for block in sim.run(t0, t0 + timedelta(hours=HOURS)):
+        for r in to_readings(block):
+            readings.setdefault((r.meter_id, r.ts), r)
+    return readings
+
+
+def spawn(stack: Stack, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=stack.env(), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+@pytest.fixture
+def workers(stack: Stack, tmp_path: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    tag = uuid.uuid4().hex[:8]
+    cli = ("-m", "citystream.cli")
+    procs = {
+        "bridge": spawn(
+            stack, tmp_path / "bridge.log", "-m", "edge.bridge", "--client-id", f"e2e-bridge-{tag}"
+        ),
+        "router": spawn(
+            stack,
+            tmp_path / "router.log",
+            *cli,
+            "energy",
+            "stage",
+            "router",
+            "--group-id",
+            f"e2e-router-{tag}",
+        ),
+        "aggregator": spawn(
+            stack,
+            tmp_path / "aggregator.log",
+            *cli,
+            "energy",
+            "stage",
+            "aggregator",
+            "--group-id",
+            f"e2e-agg-{tag}",
+            "--idle-advance",
+            "3",
+        ),
+        "sink": spawn(
+            stack,
+            tmp_path / "sink.log",
+            *cli,
+            "sink",
+            "--group-id",
+            f"e2e-sink-{tag}",
+            "--max-delay",
+            "0.5",
+        ),
+    }
+    yield procs
+    for p in procs.values():
+        p.terminate()
+    codes = {name: p.wait(timeout=60) for name, p in procs.items()}
+    assert all(c == 0 for c in codes.values()), codes
+
+
+def wait_until(cond: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def test_simulated_city_lands_exactly_and_is_forecast(
+    stack: Stack, workers: dict[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    city = build_city(CityConfig(n_meters=METERS, seed=SEED))
+    with stack.db() as conn:
+        seed_reference(conn, city)
+    expected = expected_readings()
+    feeder_of = {m["meter_id"]: m["feeder_id"] for m in city.meter_records()}
+
+    agent = spawn(
+        stack,
+        tmp_path / "agent.log",
+        "-m",
+        "edge.meter",
+        "--gateway-id",
+        "gw-e2e",
+        "--sim",
+        "--meters",
+        str(METERS),
+        "--seed",
+        str(SEED),
+        "--hours",
+        str(HOURS),
+        "--start",
+        START,
+        "--outbox",
+        str(tmp_path / "gw.outbox"),
+    )
+    assert agent.wait(timeout=300) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+
+    def db_count() -> int:
+        with stack.db() as conn:
+            return int(
+                conn.execute(
+                    "SELECT count(*) FROM meter_readings WHERE meter_id = ANY(%s)",
+                    (list(feeder_of),),
+                ).fetchone()[0]
+            )
+
+    wait_until(lambda: db_count() >= len(expected), 180, f"{len(expected)} readings in the DB")
+    time.sleep(2)
+    assert db_count() == len(expected)
+
+    with stack.db() as conn:
+        rows = conn.execute(
+            "SELECT meter_id, ts, import_kwh, export_kwh FROM meter_readings "
+            "WHERE meter_id = ANY(%s)",
+            (list(feeder_of),),
+        ).fetchall()
+    assert {(m, ts) for m, ts, _, _ in rows} == set(expected)
+    sums: dict[str, float] = defaultdict(float)
+    for meter, ts, imp, exp in rows:
+        assert (imp, exp) == (expected[(meter, ts)].import_kwh, expected[(meter, ts)].export_kwh)
+        sums[feeder_of[meter]] += imp - exp
+    truth_sums: dict[str, float] = defaultdict(float)
+    for (meter, _), r in expected.items():
+        truth_sums[feeder_of[meter]] += r.import_kwh - r.export_kwh
+    assert sums == pytest.approx(truth_sums, rel=1e-9)
+
+    # Window loads equal a direct SQL aggregation of the raw readings, leaving out only the
+    # readings the aggregator recorded as arriving after their window had closed.
+    late_records = stack.consume("energy.late-readings", count=10**9, timeout_s=20)
+    late = {
+        (r.meter_id, r.ts)
+        for rec in late_records
+        for r in MeterBatch.model_validate_json(rec.value).readings
+    }
+    assert late and late <= set(expected)
+    feeders = sorted({f["feeder_id"] for f in city.feeder_records()})
+    sql_windows: dict[tuple[str, datetime], float] = defaultdict(float)
+    for meter, ts, imp, exp in rows:
+        if (meter, ts) in late:
+            continue
+        start = ts - timedelta(seconds=900)
+        window = start - timedelta(seconds=start.timestamp() % 900)
+        sql_windows[(feeder_of[meter], window)] += imp - exp
+
+    def loads() -> dict[tuple[str, datetime], float]:
+        with stack.db() as conn:
+            return {
+                (sid, ws): e
+                for sid, ws, e in conn.execute(
+                    "SELECT scope_id, window_start, energy_kwh FROM feeder_load "
+                    "WHERE scope = 'feeder' AND scope_id = ANY(%s)",
+                    (feeders,),
+                ).fetchall()
+            }
+
+    try:
+        wait_until(lambda: set(loads()) >= set(sql_windows), 60, "every feeder window closed")
+    finally:
+        got = loads()
+        missing = sorted(set(sql_windows) - set(got))
+        extra = sorted(set(got) - set(sql_windows))
+        print(
+            f"windows: {len(got)} stored, {len(sql_windows)} expected, missing {missing[:5]}"
+            f" (of {len(missing)}), extra {extra[:5]} (of {len(extra)})"
+        )
+    assert got == pytest.approx(dict(sql_windows), rel=1e-9, abs=1e-9)
+
+    # Forecasts for every feeder and district, with monotone quantiles, stored by vintage.
+    job = ForecastJob(stack.settings, ForecastConfig(history_days=7))
+    records = job.run_once()
+    for topic, key, value in records:
+        stack.produce(topic, key, value)
+    districts = {f["district_id"] for f in city.feeder_records()}
+    forecast_scopes = {(r[1].decode()) for r in records if r[0] == "energy.forecasts"}
+    assert forecast_scopes >= set(feeders) | districts
+
+    def stored_forecasts() -> list[tuple[str, float, float, float]]:
+        with stack.db() as conn:
+            return conn.execute(
+                "SELECT scope_id, p10, p50, p90 FROM energy_forecasts WHERE scope_id = ANY(%s)",
+                (feeders,),
+            ).fetchall()
+
+    wait_until(
+        lambda: {r[0] for r in stored_forecasts()} == set(feeders),
+        60,
+        "forecasts of every feeder in the DB",
+    )
+    points = stored_forecasts()
+    assert len(points) == len(feeders) * job.config.horizon_steps
+    assert all(p10 <= p50 <= p90 for _, p10, p50, p90 in points)

@@ -1,0 +1,173 @@
+"""Lane counts, Webster advice and evidence bundles."""
+
+from __future__ import annotations
+
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas.messages import PhaseTiming, SignalPlan, VehicleClass, ViolationKind
+from streams.traffic.counts import LaneCounter, Observation, group_flows_pcu_h
+from streams.traffic.evidence import (
+    Evidence,
+    FrameRing,
+    build_bundle,
+    crop_jpeg,
+    store_bundle,
+    verify_bundle,
+)
+from streams.traffic.rules import RuleViolation
+from streams.traffic.webster import (
+    GroupDemand,
+    WebsterBounds,
+    plan_delay_s,
+    recommend,
+    webster_delay_s,
+    webster_plan,
+)
+from tests.unit.test_traffic_factories import T0, make_calibration, straight
+
+CAL = make_calibration()
+NOW = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+# --- counts ------------------------------------------------------------------------------
+def test_lane_counts_occupancy_and_queue() -> None:
+    counter = LaneCounter(CAL, window_s=60)
+    t0 = np.floor(T0 / 60) * 60
+    rows = []
+    for k in range(0, 650):  # 65 s at 10 fps
+        t = t0 + k / 10
+        obs = []
+        # a motorbike every 10 s through lane S_in_1 (x=5), at 10 m/s, crossing y=-10
+        for j in range(6):
+            y = -30 + 10 * (t - (t0 + 10 * j))
+            if -40 < y < 10:
+                obs.append(Observation(100 + j, VehicleClass.motorbike, (5.0, y)))
+        # a car queued at the line of S_in_0 for the whole time
+        obs.append(Observation(1, VehicleClass.car, (2.0, -12.0), speed_kmh=0.0))
+        rows += counter.add_frame(t, obs)
+    first = [r for r in rows if r.window_start.timestamp() == t0]
+    assert len(first) == 2 * 5  # 2 approach lanes x 5 classes
+    by = {(r.lane_id, r.vehicle_class): r for r in first}
+    assert by[("S_in_1", VehicleClass.motorbike)].count == 6
+    assert by[("S_in_0", VehicleClass.car)].count == 0
+    assert by[("S_in_0", VehicleClass.car)].occupancy == 1.0
+    assert by[("S_in_0", VehicleClass.car)].queue_len == 1
+    occ = by[("S_in_1", VehicleClass.motorbike)].occupancy
+    assert occ == pytest.approx(6 * 0.5 / 60, abs=0.02)  # 0.5 s in the 5 m zone each
+    flows = group_flows_pcu_h(first, CAL)
+    assert flows["S_through"] == pytest.approx(6 * 0.3 * 60)
+    assert counter.flush()  # the second, open window
+
+
+# --- Webster -----------------------------------------------------------------------------
+def plan(g1: float = 30, g2: float = 30) -> SignalPlan:
+    return SignalPlan(
+        intersection_id="int-1",
+        plan_id="fixed-1",
+        cycle_s=g1 + g2 + 10,
+        phases=[
+            PhaseTiming(
+                name="NS",
+                signal_groups=["N_through", "S_through"],
+                green_s=g1,
+                amber_s=3,
+                all_red_s=2,
+            ),
+            PhaseTiming(
+                name="EW",
+                signal_groups=["E_through", "W_through"],
+                green_s=g2,
+                amber_s=3,
+                all_red_s=2,
+            ),
+        ],
+        valid_from=NOW,
+    )
+
+
+def test_webster_cycle_and_splits() -> None:
+    demand = {
+        "N_through": GroupDemand(900),
+        "S_through": GroupDemand(720),
+        "E_through": GroupDemand(360),
+        "W_through": GroupDemand(300),
+    }
+    # y = 0.5 and 0.2: Y = 0.7, L = 10 -> C0 = 20 / 0.3 = 66.7; greens 56.7 * 5/7, 2/7
+    p = webster_plan(plan(), demand, valid_from=NOW)
+    assert [ph.green_s for ph in p.phases] == [40.0, 16.0]
+    assert p.cycle_s == 66.0
+    assert plan_delay_s(p, demand) < plan_delay_s(plan(), demand)
+
+
+def test_webster_bounds() -> None:
+    light = {"N_through": GroupDemand(900), "E_through": GroupDemand(10)}
+    p = webster_plan(plan(), light, valid_from=NOW, bounds=WebsterBounds(min_green_s=12))
+    assert p.phases[1].green_s == 12.0
+    heavy = {"N_through": GroupDemand(1700), "E_through": GroupDemand(1000)}
+    p = webster_plan(plan(), heavy, valid_from=NOW, bounds=WebsterBounds(max_green_s=80))
+    assert p.cycle_s <= 150 + 1e-9 and max(ph.green_s for ph in p.phases) <= 80
+
+
+def test_webster_delay_formula_and_recommendation() -> None:
+    # by hand: C=60, g=27 (lambda 0.45), q=600 veh/h, s=1800 -> x = 0.7407;
+    # 13.61 (uniform) + 6.35 (random) - 2.35 (correction) = 17.61 s
+    d = webster_delay_s(60, 27, 600, 1800)
+    assert d == pytest.approx(17.61, abs=0.01)
+    assert webster_delay_s(60, 10, 1500, 1800) > 300  # oversaturated: overflow term
+    demand = {"N_through": GroupDemand(900), "E_through": GroupDemand(300)}
+    rec = recommend(plan(), demand, basis_start=NOW, basis_end=NOW, issued_at=NOW)
+    assert rec.predicted_delay_recommended_s < rec.predicted_delay_current_s
+    assert rec.current_plan_id == "fixed-1" and rec.recommended.intersection_id == "int-1"
+
+
+# --- evidence ----------------------------------------------------------------------------
+def _jpeg(value: int) -> bytes:
+    import cv2
+
+    img = np.full((72, 128, 3), value, np.uint8)
+    img[20:50, 40:80] = 255 - value
+    return bytes(cv2.imencode(".jpg", img)[1])
+
+
+def _evidence() -> Evidence:
+    tr = straight(5, -40, 0, 10, 2, track_id=3, cls=VehicleClass.motorbike)
+    v = RuleViolation(
+        ViolationKind.red_light,
+        "cam-1",
+        3,
+        VehicleClass.motorbike,
+        T0 + 1,
+        0.9,
+        (5.0, -30.0),
+        {"signal_group": "S_through"},
+    )
+    ring = FrameRing(seconds=5)
+    for k in range(20):
+        ring.add(T0 + k / 10, _jpeg(k * 10))
+    before, after = ring.around(v.t, 2, 2)
+    crop = crop_jpeg(before[-1].jpeg, (40, 20, 80, 50))
+    return Evidence(v, tr, CAL, "yolo11n-sim-1", before, after, crop, {"state": "red"})
+
+
+def test_evidence_is_deterministic_and_verifiable(tmp_path: Path) -> None:
+    ev = _evidence()
+    assert len(ev.frames_before) == 2 and ev.frames_after[0].t > ev.violation.t
+    assert build_bundle(ev) == build_bundle(_evidence())
+    stored = store_bundle(tmp_path, ev)
+    assert stored.uri == f"cam-1/{ev.violation.violation_id}.zip"
+    assert verify_bundle(stored.path, stored.sha256)
+    names = zipfile.ZipFile(stored.path).namelist()
+    assert names == sorted(names) and "crop.jpg" in names and "manifest.json" in names
+    # tampering: a changed byte is caught by the hash
+    data = bytearray(stored.path.read_bytes())
+    data[200] ^= 1
+    stored.path.write_bytes(bytes(data))
+    assert not verify_bundle(stored.path, stored.sha256)
+    assert not verify_bundle(tmp_path / "nope.zip", stored.sha256)
+    with pytest.raises(ValueError):
+        crop_jpeg(ev.frames_before[0].jpeg, (500, 500, 600, 600))

@@ -1,0 +1,163 @@
+"""Each violation rule over hand-built tracks: positives, near misses, motorbikes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from schemas.messages import VehicleClass as V
+from schemas.messages import ViolationKind
+from streams.traffic.rules import (
+    bus_lane,
+    evaluate_all,
+    illegal_stop,
+    red_light,
+    speeding,
+    wrong_way,
+)
+from streams.traffic.tracks import TrackHistory
+from tests.unit.test_traffic_factories import (
+    T0,
+    cycle,
+    make_calibration,
+    path,
+    signals,
+    straight,
+)
+
+CAL = make_calibration()
+
+
+# --- red light: northbound in S_in_1 (x = 5), stop line at y = -10 -------------------------
+# At 10 m/s from y = -40 the car crosses the line at t = 3.0 s.
+@pytest.mark.parametrize(
+    ("amber_at", "cls", "fires"),
+    [
+        (-10.0, V.car, True),  # red for 7 s already
+        (-10.0, V.motorbike, True),  # motorbikes are vehicles too
+        (-10.0, V.person, False),  # pedestrians are not
+        (1.0, V.car, False),  # crossed on amber (amber 1..4 s)
+        (-0.1, V.car, False),  # red since 2.9 s, crossed at 3.0: within the 0.3 s grace
+        (5.0, V.car, False),  # crossed on green
+    ],
+)
+def test_red_light(amber_at: float, cls: V, fires: bool) -> None:
+    tr = straight(5, -40, 0, 10, 6, cls=cls)
+    got = red_light([tr], CAL, cycle(amber_at))
+    assert bool(got) is fires
+    if fires:
+        v = got[0]
+        assert v.kind is ViolationKind.red_light and v.details["lane_id"] == "S_in_1"
+        assert v.t == pytest.approx(T0 + 3.0)
+        assert v.details["time_into_red_s"] == pytest.approx(10.0)
+        assert 0.5 <= v.confidence <= 1.0
+
+
+def test_red_light_near_misses() -> None:
+    red = cycle(-10)
+    # stops 0.8 m past the line on red, waits, then goes when it turns green at 20 s
+    creep = path(
+        [(0, 5, -30), (2, 5, -12), (3, 5, -9.2), (19.9, 5, -9.2), (20.5, 5, -7), (22, 5, 5)]
+    )
+    tl = signals(("S_through", -100, "red"), ("S_through", 20, "green"))
+    assert red_light([creep], CAL, tl) == []
+    # a track that ends right at the line (no evidence it entered the junction)
+    assert red_light([straight(5, -30, 0, 10, 2.05)], CAL, red) == []
+    # the right-turn lane has its own group, which is green
+    right = straight(2, -40, 0, 10, 6)
+    assert red_light([right], CAL, red) == []
+    # unknown signal state: never fire
+    assert red_light([straight(5, -40, 0, 10, 6)], CAL, signals()) == []
+
+
+# --- speeding ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cls", "kmh", "fires"),
+    [
+        (V.car, 54.0, False),  # limit 50 + 5 tolerance
+        (V.car, 58.0, True),
+        (V.motorbike, 44.0, False),  # motorbike limit 40
+        (V.motorbike, 47.0, True),
+        (V.truck, 47.0, True),
+        (V.bus, 47.0, False),
+    ],
+)
+def test_speeding(cls: V, kmh: float, fires: bool) -> None:
+    tr = straight(5, -60, 0, kmh / 3.6, 3.0, cls=cls)
+    got = speeding([tr], CAL)
+    assert bool(got) is fires
+    if fires:
+        assert got[0].details["speed_kmh"] == pytest.approx(kmh, abs=0.1)
+
+
+def test_speeding_with_position_noise_and_short_tracks() -> None:
+    rng = np.random.default_rng(1)
+    t = T0 + np.arange(40) / 10
+    xy = np.stack([np.full(40, 5.0), -60 + 50 / 3.6 * (t - T0)], axis=1)
+    noisy = TrackHistory("cam-1", 1, V.car, t, xy + rng.normal(0, 0.2, xy.shape), np.full(40, 0.9))
+    assert speeding([noisy], CAL) == []  # 50 km/h with 20 cm jitter: no false alarm
+    short = straight(5, -60, 0, 80 / 3.6, 0.5)  # 11 m: too short to judge
+    assert speeding([short], CAL) == []
+
+
+# --- wrong way ---------------------------------------------------------------------------
+def test_wrong_way() -> None:
+    # a motorbike riding south in the northbound lane
+    against = straight(5, -15, 0, -5, 4, cls=V.motorbike)
+    got = wrong_way([against], CAL)
+    assert len(got) == 1 and got[0].details["lane_id"] == "S_in_1"
+    assert got[0].vehicle_class is V.motorbike
+    assert wrong_way([straight(5, -50, 0, 5, 4)], CAL) == []  # right way
+    assert wrong_way([straight(-3, -15, 0, -5, 4)], CAL) == []  # southbound in the exit lane
+    # reversing 4 m to get out of a box: under the 8 m minimum
+    assert wrong_way([straight(5, -15, 0, -2, 2)], CAL) == []
+    # cutting across both approach lanes sideways
+    assert wrong_way([straight(-2, -30, 3, -0.5, 4)], CAL) == []
+
+
+# --- illegal stop --------------------------------------------------------------------------
+def test_illegal_stop() -> None:
+    rng = np.random.default_rng(2)
+    pts = [(k / 2, -3 + rng.normal(0, 0.3), -30 + rng.normal(0, 0.3)) for k in range(80)]
+    got = illegal_stop([path(pts, V.car)], CAL)  # 39.5 s stopped in the zone
+    assert len(got) == 1 and got[0].details["dwell_s"] == pytest.approx(39.5)
+    assert got[0].t == pytest.approx(T0 + 30)
+    short = [(k / 2, -3, -30) for k in range(40)]  # 19.5 s: allowed
+    assert illegal_stop([path(short, V.motorbike)], CAL) == []
+    outside = [(k / 2, -3, -50) for k in range(80)]  # stopped outside the zone
+    assert illegal_stop([path(outside)], CAL) == []
+    # crawling through the zone in a jam (always moving > 2 m per 30 s): not a stop
+    crawl = straight(-3, -45, 0, 0.5, 60)
+    assert illegal_stop([crawl], CAL) == []
+
+
+def test_illegal_stop_motorbike() -> None:
+    pts = [(k, -5, -25) for k in range(45)]
+    assert len(illegal_stop([path(pts, V.motorbike)], CAL)) == 1
+
+
+# --- bus lane ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cls", "fires"), [(V.car, True), (V.motorbike, True), (V.bus, False), (V.person, False)]
+)
+def test_bus_lane_driving_along(cls: V, fires: bool) -> None:
+    tr = straight(2, -55, 0, 8, 5, cls=cls)  # 40 m along the bus lane
+    assert bool(bus_lane([tr], CAL)) is fires
+
+
+def test_bus_lane_crossing_and_queueing() -> None:
+    crossing = straight(5, -40, -3, 6, 3)  # from S_in_1 across the bus lane to turn right
+    assert bus_lane([crossing], CAL) == []
+    queued = path([(k, 2, -20 + 0.1 * k) for k in range(15)])  # 14 s waiting in it
+    got = bus_lane([queued], CAL)
+    assert len(got) == 1 and got[0].details["time_s"] == pytest.approx(14)
+
+
+def test_evaluate_all_and_message() -> None:
+    tl = cycle(-10)
+    runner = straight(5, -40, 0, 20, 3, track_id=7)  # 72 km/h through a red
+    found = evaluate_all([runner], CAL, tl)
+    assert [v.kind for v in found] == [ViolationKind.speeding, ViolationKind.red_light]
+    msg = found[1].to_message("int-1", "evidence/cam-1/x.zip", "0" * 64)
+    assert msg.violation_id == found[1].violation_id and msg.track_id == 7
+    assert msg.details["signal_group"] == "S_through"
