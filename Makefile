@@ -26,8 +26,8 @@ install-python: ## Python venv with the project (cached in $(VENV))
 	  $(PY) -m pip install -q --no-deps -e . ; \
 	fi
 
-demo: install ## start the local stack and print where everything is
-	$(VENV)/bin/citystream up
+demo: install ## start the stack and the whole simulated city through the real pipeline; prints the map URL
+	$(VENV)/bin/citystream demo
 
 up: ## start the local stack (no install step)
 	$(VENV)/bin/citystream up

@@ -44,10 +44,11 @@ def _parser(
 
 
 def _print_status(settings: Settings) -> int:
+    from citystream.stack import workers
     from citystream.stack.supervisor import status
     from citystream.table import format_table
 
-    rows = status(settings)
+    rows = status(settings) + workers.status(settings)
     print(
         format_table(
             ["service", "address", "state", "pid", "data dir"],
@@ -57,20 +58,22 @@ def _print_status(settings: Settings) -> int:
     return 0 if all(s.state in ("running", "external") for s in rows) else 1
 
 
-def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+def bring_up(settings: Settings, progress: Callable[[str], None]) -> None:
+    """Start the stack if needed, create missing topics, apply pending migrations."""
     from citystream.db.migrate import migrate
     from citystream.kafka_topics import ensure_topics
     from citystream.stack.supervisor import up
     from schemas.topics import all_topic_specs
-
-    def progress(msg: str) -> None:
-        print(f"[up] {msg}", flush=True)
 
     up(settings, progress=progress)
     created = ensure_topics(settings.kafka.bootstrap)
     progress(f"topics: {len(created)} created, {len(all_topic_specs()) - len(created)} present")
     applied = migrate(settings.db.dsn)
     progress(f"migrations: {len(applied)} applied")
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    bring_up(settings, lambda msg: print(f"[up] {msg}", flush=True))
     print()
     code = _print_status(settings)
     print()
@@ -82,8 +85,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    from citystream.stack import workers
     from citystream.stack.supervisor import down
 
+    workers.stop(settings)
     down(settings)
     return _print_status(settings) if args.verbose else 0
 
@@ -93,9 +98,18 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    from citystream.stack import workers
     from citystream.stack.supervisor import log_path
 
-    path = log_path(settings, args.service)
+    if args.service in ("kafka", "mosquitto", "postgres"):
+        path = log_path(settings, args.service)
+    else:
+        worker_log = workers.log_path(settings, args.service)
+        if worker_log is None:
+            names = ", ".join(w.name for w in workers.registered(settings)) or "none running"
+            print(f"unknown service {args.service!r}; workers: {names}", file=sys.stderr)
+            return 2
+        path = worker_log
     if not path.exists():
         print(f"no log yet for {args.service} ({path})", file=sys.stderr)
         return 1
@@ -193,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         ["citystream logs postgres", "citystream logs kafka -n 200"],
         cmd_logs,
     )
-    p.add_argument("service", choices=["kafka", "mosquitto", "postgres"])
+    p.add_argument("service", help="kafka, mosquitto, postgres, or a worker (see status)")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
 
     schemas_p = _parser(sub, "schemas", "Wire contracts.", ["citystream schemas export"], None)
@@ -222,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
 #: Subcommands implemented next to their code: (path, module, help, examples).  Each module
 #: has ``add_arguments(parser)`` and ``run(args, settings) -> int`` and imports lazily.
 PLUGINS: tuple[tuple[tuple[str, ...], str, str, tuple[str, ...]], ...] = (
+    (
+        ("demo",),
+        "citystream.demo",
+        "Run the whole simulated city through the real pipeline: stack, workers, a backfill "
+        "of history, a live gateway, the city map.",
+        (
+            "citystream demo",
+            "citystream demo --meters 10000 --backfill-days 14",
+            "citystream demo --backfill-days 0   # live only",
+        ),
+    ),
     (
         ("bridge",),
         "edge.bridge.cli",
@@ -335,6 +360,10 @@ def _add_plugins(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Supervised workers carry a marker argument (see citystream.stack.workers).
+    while argv and argv[0].startswith("--worker="):
+        argv.pop(0)
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:

@@ -236,3 +236,72 @@ def test_simulated_city_lands_exactly_and_is_forecast(
     points = stored_forecasts()
     assert len(points) == len(feeders) * job.config.horizon_steps
     assert all(p10 <= p50 <= p90 for _, p10, p50, p90 in points)
+
+
+def test_gateway_killed_and_mqtt_broker_restarted_lose_nothing_double_nothing(
+    stack: Stack, workers: dict[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """kill -9 of the gateway agent mid-run, then Mosquitto stopped and restarted mid-run:
+    the DB ends with exactly the simulated readings, once each."""
+    from citystream.stack import process
+    from citystream.stack.supervisor import services, up
+
+    start = "2026-05-04T00:00:00+07:00"  # its own time range: the meter ids repeat
+    city = build_city(CityConfig(n_meters=METERS, seed=SEED))
+    with stack.db() as conn:
+        seed_reference(conn, city)
+    sim = MeterSimulator(city, seed=SEED)
+    t0 = datetime.fromisoformat(start)
+    expected = {
+        (r.meter_id, r.ts) for b in sim.run(t0, t0 + timedelta(hours=HOURS)) for r in to_readings(b)
+    }
+    lo, hi = min(ts for _, ts in expected), max(ts for _, ts in expected)
+
+    def db_rows() -> list[tuple[str, datetime]]:
+        with stack.db() as conn:
+            return conn.execute(
+                "SELECT meter_id, ts FROM meter_readings WHERE ts BETWEEN %s AND %s", (lo, hi)
+            ).fetchall()
+
+    agent_args = (
+        "-m",
+        "edge.meter",
+        "--gateway-id",
+        "gw-fault",
+        "--sim",
+        "--meters",
+        str(METERS),
+        "--seed",
+        str(SEED),
+        "--hours",
+        str(HOURS),
+        "--start",
+        start,
+        "--outbox",
+        str(tmp_path / "gw.outbox"),
+        "--batch-size",
+        "200",
+        "--speed",
+        "4000",
+    )  # ~0.9 s per simulated hour: the faults land mid-run
+    log = tmp_path / "agent.log"
+    agent = spawn(stack, log, *agent_args)
+    wait_until(lambda: len(db_rows()) > 2_000, 120, "the first readings in the DB")
+    agent.kill()
+    agent.wait(timeout=30)
+    killed_at = len(db_rows())
+    agent = spawn(stack, log, *agent_args)
+
+    mosquitto = next(s for s in services(stack.settings) if s.name == "mosquitto")
+    wait_until(lambda: len(db_rows()) > killed_at + 2_000, 120, "progress after the restart")
+    process.stop(mosquitto.files(), mosquitto.stop_signal)
+    time.sleep(3)  # the agent keeps reading into its outbox while the broker is down
+    up(stack.settings, progress=lambda m: None)
+
+    assert agent.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert killed_at < len(expected), "the kill must come mid-run"
+    wait_until(lambda: len(db_rows()) >= len(expected), 180, "every reading in the DB")
+    time.sleep(2)
+    rows = db_rows()
+    assert len(rows) == len(set(rows)) == len(expected)
+    assert set(rows) == expected
