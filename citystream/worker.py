@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 from collections.abc import Callable
 
 from citystream.metrics import MetricsServer, Registry, serve
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-port`` and ``--log-level``, shared by every worker command."""
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus text on 127.0.0.1:PORT/metrics (0: off)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from citystream.settings import Settings
+from citystream.worker import add_worker_arguments
 
 STAGES = ("router", "aggregator", "forecaster")
 
@@ -39,10 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="forecaster: seconds between cycles (default: %(default)s)",
     )
-    parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics (0: off)")
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    add_worker_arguments(parser)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
