@@ -62,12 +62,13 @@ class Stack:
     settings: Settings
 
     def env(self) -> dict[str, str]:
-        """Environment (``os.environ`` plus CITYSTREAM_* of this stack) for a child process."""
+        """Environment for a child process: ``os.environ`` without any CITYSTREAM_* of the
+        caller (they could point elsewhere), plus this stack's endpoints."""
         import os
 
         s = self.settings
         return {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("CITYSTREAM_")},
             "CITYSTREAM_STATE_DIR": str(s.state_dir),
             "CITYSTREAM_KAFKA__PORT": str(s.kafka.port),
             "CITYSTREAM_KAFKA__CONTROLLER_PORT": str(s.kafka.controller_port),

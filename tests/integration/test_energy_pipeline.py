@@ -140,7 +140,11 @@ def test_simulated_city_lands_exactly_and_is_forecast(
         "--outbox",
         str(tmp_path / "gw.outbox"),
     )
-    assert agent.wait(timeout=300) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+    try:
+        assert agent.wait(timeout=300) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
 
     def db_count() -> int:
         with stack.db() as conn:
@@ -286,19 +290,23 @@ def test_gateway_killed_and_mqtt_broker_restarted_lose_nothing_double_nothing(
     )  # ~0.9 s per simulated hour: the faults land mid-run
     log = tmp_path / "agent.log"
     agent = spawn(stack, log, *agent_args)
-    wait_until(lambda: len(db_rows()) > 2_000, 120, "the first readings in the DB")
-    agent.kill()
-    agent.wait(timeout=30)
-    killed_at = len(db_rows())
-    agent = spawn(stack, log, *agent_args)
+    try:
+        wait_until(lambda: len(db_rows()) > 2_000, 120, "the first readings in the DB")
+        agent.kill()
+        agent.wait(timeout=30)
+        killed_at = len(db_rows())
+        agent = spawn(stack, log, *agent_args)
 
-    mosquitto = next(s for s in services(stack.settings) if s.name == "mosquitto")
-    wait_until(lambda: len(db_rows()) > killed_at + 2_000, 120, "progress after the restart")
-    process.stop(mosquitto.files(), mosquitto.stop_signal)
-    time.sleep(3)  # the agent keeps reading into its outbox while the broker is down
-    up(stack.settings, progress=lambda m: None)
-
-    assert agent.wait(timeout=300) == 0, log.read_text()[-3000:]
+        mosquitto = next(s for s in services(stack.settings) if s.name == "mosquitto")
+        wait_until(lambda: len(db_rows()) > killed_at + 2_000, 120, "progress after restart")
+        process.stop(mosquitto.files(), mosquitto.stop_signal)
+        time.sleep(3)  # the agent keeps reading into its outbox while the broker is down
+        up(stack.settings, progress=lambda m: None)
+        assert agent.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=30)
     assert killed_at < len(expected), "the kill must come mid-run"
     wait_until(lambda: len(db_rows()) >= len(expected), 180, "every reading in the DB")
     time.sleep(2)
