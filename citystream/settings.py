@@ -75,6 +75,14 @@ class MqttSettings(_Frozen):
         description="Per-client queue of the embedded broker for persistent sessions "
         "(0: unlimited)",
     )
+    autosave_changes: int = Field(
+        1,
+        ge=1,
+        le=1_000_000,
+        description="The embedded broker saves its persistence file after this many queued "
+        "messages or subscription changes: 1 means a kill -9 of mosquitto loses at most the "
+        "message in hand; larger values trade that window for throughput under backlog",
+    )
     bridge_client_id: str = Field(
         "citystream-bridge",
         pattern=r"^[A-Za-z0-9_.:-]{1,64}$",

@@ -16,6 +16,8 @@ first test runs.
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -124,11 +126,33 @@ class Stack:
             consumer.close()
         return out
 
+    def spawn(self, log: Path, *args: str) -> subprocess.Popen[bytes]:
+        """``python *args`` in the repo root with this stack's environment, output to ``log``."""
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, *args],
+                cwd=Path(__file__).resolve().parents[1],
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
     def db(self) -> Any:
         """A new autocommit psycopg connection to the stack's database (close it yourself)."""
         import psycopg
 
         return psycopg.connect(self.settings.db.dsn, autocommit=True)
+
+
+def wait_until(cond: Callable[[], object], timeout_s: float, what: str) -> float:
+    """Poll ``cond`` every 0.5 s until truthy; returns the seconds waited, or raises
+    AssertionError naming ``what``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def start_stack(settings: Settings) -> Stack:

@@ -55,6 +55,7 @@ def render_config(settings: Settings, template: Path = TEMPLATE) -> str:
         acl_file_line=_file_line("acl_file", m.acl_file),
         persistence_dir=MosquittoPaths.of(settings).data,
         max_queued_messages=m.max_queued_messages,
+        autosave_changes=m.autosave_changes,
     )
 
 

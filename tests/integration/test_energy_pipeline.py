@@ -11,18 +11,16 @@ deterministic simulator in the test.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from citystream.testing import Stack
+from citystream.testing import Stack, wait_until
 from schemas.messages import MeterBatch, MeterReading
 from simulators.meters.block import to_readings
 from simulators.meters.generator import MeterSimulator
@@ -49,10 +47,7 @@ def expected_readings() -> dict[tuple[str, datetime], MeterReading]:
 
 
 def spawn(stack: Stack, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=stack.env(), stdout=out, stderr=subprocess.STDOUT
-        )
+    return stack.spawn(log, *args)
 
 
 @pytest.fixture
@@ -101,15 +96,6 @@ def workers(stack: Stack, tmp_path: Path) -> Iterator[dict[str, subprocess.Popen
         p.terminate()
     codes = {name: p.wait(timeout=60) for name, p in procs.items()}
     assert all(c == 0 for c in codes.values()), codes
-
-
-def wait_until(cond: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def test_simulated_city_lands_exactly_and_is_forecast(
