@@ -105,6 +105,8 @@ def test_simulated_city_lands_exactly_and_is_forecast(
     with stack.db() as conn:
         seed_reference(conn, city)
     expected = expected_readings()
+    # Other tests use the same meter ids in other time ranges: look at ours only.
+    lo, hi = min(ts for _, ts in expected), max(ts for _, ts in expected)
     feeder_of = {m["meter_id"]: m["feeder_id"] for m in city.meter_records()}
 
     agent = spawn(
@@ -136,8 +138,9 @@ def test_simulated_city_lands_exactly_and_is_forecast(
         with stack.db() as conn:
             return int(
                 conn.execute(
-                    "SELECT count(*) FROM meter_readings WHERE meter_id = ANY(%s)",
-                    (list(feeder_of),),
+                    "SELECT count(*) FROM meter_readings "
+                    "WHERE meter_id = ANY(%s) AND ts BETWEEN %s AND %s",
+                    (list(feeder_of), lo, hi),
                 ).fetchone()[0]
             )
 
@@ -148,8 +151,8 @@ def test_simulated_city_lands_exactly_and_is_forecast(
     with stack.db() as conn:
         rows = conn.execute(
             "SELECT meter_id, ts, import_kwh, export_kwh FROM meter_readings "
-            "WHERE meter_id = ANY(%s)",
-            (list(feeder_of),),
+            "WHERE meter_id = ANY(%s) AND ts BETWEEN %s AND %s",
+            (list(feeder_of), lo, hi),
         ).fetchall()
     assert {(m, ts) for m, ts, _, _ in rows} == set(expected)
     sums: dict[str, float] = defaultdict(float)
@@ -168,6 +171,7 @@ def test_simulated_city_lands_exactly_and_is_forecast(
         (r.meter_id, r.ts)
         for rec in late_records
         for r in MeterBatch.model_validate_json(rec.value).readings
+        if lo <= r.ts <= hi
     }
     assert late and late <= set(expected)
     feeders = sorted({f["feeder_id"] for f in city.feeder_records()})
@@ -185,8 +189,9 @@ def test_simulated_city_lands_exactly_and_is_forecast(
                 (sid, ws): e
                 for sid, ws, e in conn.execute(
                     "SELECT scope_id, window_start, energy_kwh FROM feeder_load "
-                    "WHERE scope = 'feeder' AND scope_id = ANY(%s)",
-                    (feeders,),
+                    "WHERE scope = 'feeder' AND scope_id = ANY(%s) "
+                    "AND window_start BETWEEN %s AND %s",
+                    (feeders, lo - timedelta(hours=1), hi),
                 ).fetchall()
             }
 
