@@ -13,7 +13,7 @@ from fastapi import HTTPException, Query, Request, Response
 from citymap.auth import Principal, Role, TokenBook, describe, token_from
 from citymap.db import Database
 from citymap.live import Hub, KafkaTail
-from citymap.params import ParamError
+from citymap.params import ParamError, check_buckets, parse_resolution, time_range
 from citymap.publish import PlanPublisher
 from citystream.settings import Settings
 
@@ -65,6 +65,38 @@ def require(
 
 def bad(exc: ParamError) -> HTTPException:
     return HTTPException(400, str(exc))
+
+
+def window(
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    default: timedelta,
+    max_span: timedelta = timedelta(days=93),
+) -> tuple[datetime, datetime]:
+    """A checked ``[since, until)`` (see :func:`citymap.params.time_range`); 400 when bad."""
+    try:
+        return time_range(since, until, default=default, max_span=max_span)
+    except ParamError as exc:
+        raise bad(exc) from exc
+
+
+def bucketed(
+    resolution: str,
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    default: timedelta,
+    max_span: timedelta = timedelta(days=93),
+) -> tuple[datetime, datetime, timedelta]:
+    """A checked time range and ``time_bucket`` resolution; 400 when bad."""
+    start, end = window(since, until, default=default, max_span=max_span)
+    try:
+        res = parse_resolution(resolution)
+        check_buckets(start, end, res)
+    except ParamError as exc:
+        raise bad(exc) from exc
+    return start, end, res
 
 
 async def must_exist(svc: Services, table: str, ident: str) -> None:

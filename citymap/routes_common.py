@@ -11,8 +11,7 @@ from fastapi.responses import StreamingResponse
 from citymap import models, queries
 from citymap.auth import ACK_BY_SOURCE, ALL, AUDIT_READ, Principal, Role, describe
 from citymap.db import audit
-from citymap.deps import Services, bad, ok, require, services
-from citymap.params import ParamError, time_range
+from citymap.deps import Services, ok, require, services, window
 
 router = APIRouter()
 Svc = Annotated[Services, Depends(services)]
@@ -64,12 +63,7 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> Response:
-    try:
-        start, end = time_range(
-            since, until, default=timedelta(days=7), max_span=timedelta(days=93)
-        )
-    except ParamError as exc:
-        raise bad(exc) from exc
+    start, end = window(since, until, default=timedelta(days=7), max_span=timedelta(days=93))
     rows = await queries.alerts(
         svc.db,
         since=start,

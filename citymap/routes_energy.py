@@ -11,8 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
 from citymap import models, queries
 from citymap.auth import ENERGY_READ, Principal
-from citymap.deps import Services, bad, ok, require, services
-from citymap.params import ParamError, check_buckets, parse_resolution, time_range
+from citymap.deps import Services, bucketed, ok, require, services
 
 router = APIRouter(tags=["energy"])
 
@@ -99,14 +98,9 @@ async def loads(
     until: datetime | None = None,
 ) -> Response:
     """Measured load per bucket (``time_bucket`` of the 15-min windows); default last 7 days."""
-    try:
-        res = parse_resolution(resolution)
-        start, end = time_range(
-            since, until, default=timedelta(days=7), max_span=timedelta(days=400)
-        )
-        check_buckets(start, end, res)
-    except ParamError as exc:
-        raise bad(exc) from exc
+    start, end, res = bucketed(
+        resolution, since, until, default=timedelta(days=7), max_span=timedelta(days=400)
+    )
     await _scope_exists(svc, scope, scope_id)
     return ok(await queries.loads(svc.db, scope, scope_id, start, end, res))
 

@@ -15,9 +15,8 @@ from fastapi.responses import FileResponse
 from citymap import models, queries
 from citymap.auth import EVIDENCE, TRAFFIC_READ, TRAFFIC_WRITE, VIOLATIONS_READ, Principal
 from citymap.db import audit
-from citymap.deps import Services, bad, must_exist, ok, require, services
+from citymap.deps import Services, bucketed, must_exist, ok, require, services, window
 from citymap.live import Event
-from citymap.params import ParamError, check_buckets, parse_resolution, time_range
 from citymap.redact import violation_for
 from citystream.errors import SinkError
 from schemas.messages import SignalPlan, ViolationKind
@@ -46,12 +45,9 @@ async def list_intersections(
         datetime | None, Query(description="End of the flow window (default now)")
     ] = None,
 ) -> Response:
-    try:
-        since, until = time_range(
-            None, at, default=timedelta(minutes=window_min), max_span=timedelta(days=1)
-        )
-    except ParamError as exc:
-        raise bad(exc) from exc
+    since, until = window(
+        None, at, default=timedelta(minutes=window_min), max_span=timedelta(days=1)
+    )
     return ok(await queries.intersections(svc.db, since, until))
 
 
@@ -94,12 +90,7 @@ async def list_violations(
     offset: Offset = 0,
 ) -> Response:
     """Newest first. Viewers get no plates, evidence URIs or hashes."""
-    try:
-        start, end = time_range(
-            since, until, default=timedelta(days=7), max_span=timedelta(days=93)
-        )
-    except ParamError as exc:
-        raise bad(exc) from exc
+    start, end = window(since, until, default=timedelta(days=7), max_span=timedelta(days=93))
     rows = await queries.violations(
         svc.db,
         since=start,
@@ -190,14 +181,9 @@ async def intersection_counts(
     until: Until = None,
 ) -> Response:
     """Vehicles per bucket and movement/lane/class, mean occupancy, max queue (``time_bucket``)."""
-    try:
-        res = parse_resolution(resolution)
-        start, end = time_range(
-            since, until, default=timedelta(hours=24), max_span=timedelta(days=93)
-        )
-        check_buckets(start, end, res)
-    except ParamError as exc:
-        raise bad(exc) from exc
+    start, end, res = bucketed(
+        resolution, since, until, default=timedelta(hours=24), max_span=timedelta(days=93)
+    )
     await must_exist(svc, "intersections", intersection_id)
     return ok(await queries.counts(svc.db, intersection_id, start, end, res, by))
 
@@ -216,14 +202,9 @@ async def intersection_queues(
     until: Until = None,
 ) -> Response:
     """Queue length per lane (all classes), mean and max per bucket."""
-    try:
-        res = parse_resolution(resolution)
-        start, end = time_range(
-            since, until, default=timedelta(hours=24), max_span=timedelta(days=93)
-        )
-        check_buckets(start, end, res)
-    except ParamError as exc:
-        raise bad(exc) from exc
+    start, end, res = bucketed(
+        resolution, since, until, default=timedelta(hours=24), max_span=timedelta(days=93)
+    )
     await must_exist(svc, "intersections", intersection_id)
     return ok(await queries.queues(svc.db, intersection_id, start, end, res))
 

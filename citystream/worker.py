@@ -8,19 +8,39 @@ import signal
 from collections.abc import Callable
 
 from citystream.metrics import MetricsServer, Registry, serve
+from citystream.settings import Settings
 
 
-def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--metrics-port`` and ``--log-level``, shared by every worker command."""
+def add_worker_arguments(parser: argparse.ArgumentParser, *, progress: bool = False) -> None:
+    """``--metrics-port`` and ``--log-level`` (and ``--progress-interval``), shared by every
+    worker command."""
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=0,
-        help="serve Prometheus text on 127.0.0.1:PORT/metrics (0: off)",
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus text on PORT/metrics (default: settings metrics_port; 0: off)",
     )
+    if progress:
+        parser.add_argument(
+            "--progress-interval",
+            type=float,
+            default=10.0,
+            metavar="S",
+            help="seconds between progress log lines, 0 for none (default: %(default)s)",
+        )
     parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: %(default)s",
     )
+
+
+def metrics_port(args: argparse.Namespace, settings: Settings) -> int:
+    """The port ``--metrics-port`` asks for, else the settings' (0: off)."""
+    port: int | None = args.metrics_port
+    return settings.metrics_port if port is None else port
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from citystream.settings import MqttSettings, Settings, load_settings
+from citystream.worker import add_worker_arguments, setup_logging
 
 EXAMPLES = """examples:
   citystream bridge
@@ -23,14 +24,6 @@ EXAMPLES = """examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The bridge's options, added to ``parser`` (endpoints come from the settings)."""
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        metavar="PORT",
-        help="serve Prometheus text on http://0.0.0.0:PORT/metrics "
-        "(default: settings metrics_port; 0: off)",
-    )
     parser.add_argument(
         "--client-id",
         default=None,
@@ -51,30 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="Kafka producer linger for batching (default: %(default)s)",
     )
-    parser.add_argument(
-        "--progress-interval",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="seconds between progress log lines, 0 for none (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="default: %(default)s",
-    )
+    add_worker_arguments(parser, progress=True)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run until SIGTERM/SIGINT, then stop gracefully.  Returns the exit code."""
     from edge.bridge.app import BridgeConfig, create_bridge
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    logging.getLogger("citystream").setLevel(args.log_level)
+    setup_logging(args.log_level)
     if args.client_id:
         mqtt = MqttSettings.model_validate(
             {**settings.mqtt.model_dump(), "bridge_client_id": args.client_id}

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from citystream.settings import Settings, load_settings
+from citystream.worker import add_worker_arguments, metrics_port, setup_logging
 
 DESCRIPTION = (
     "Meter gateway (data concentrator): reads meter readings, stores each one in a durable "
@@ -122,27 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not exit when the source is exhausted and everything is acked",
     )
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        metavar="PORT",
-        help="serve Prometheus text on http://0.0.0.0:PORT/metrics "
-        "(default: settings metrics_port; 0: off)",
-    )
-    parser.add_argument(
-        "--progress-interval",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="seconds between progress log lines, 0 for none (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="default: %(default)s",
-    )
+    add_worker_arguments(parser, progress=True)
 
 
 def default_outbox_path(settings: Settings, gateway_id: str) -> Path:
@@ -155,11 +136,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from edge.meter.agent import AgentConfig, MeterAgent, Source
     from edge.outbox import Outbox
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    logging.getLogger("citystream").setLevel(args.log_level)
+    setup_logging(args.log_level)
     log = logging.getLogger("citystream.edge.meter")
     try:
         config = AgentConfig(
@@ -197,7 +174,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         registry=registry,
     )
     agent = MeterAgent(config, settings.mqtt, outbox, registry)
-    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    port = metrics_port(args, settings)
     server = serve(registry, port=port) if port else None
     if server is not None:
         log.info("metrics on http://%s:%d/metrics", server.host, server.port)

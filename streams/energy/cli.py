@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from citystream.worker import run_until_signalled, setup_logging
+    from citystream.worker import metrics_port, run_until_signalled, setup_logging
 
     setup_logging(args.log_level)
     if args.stage == "forecaster":
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         job = ForecastJob(settings, ForecastConfig(interval_s=args.interval))
         return run_until_signalled(
-            "energy-forecaster", job.run, job.stop, (job.registry,), args.metrics_port
+            "energy-forecaster", job.run, job.stop, (job.registry,), metrics_port(args, settings)
         )
     from streams.energy.stages import Aggregator, Router
 
@@ -68,5 +68,5 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             idle_advance_s=args.idle_advance,
         )
     return run_until_signalled(
-        stage.name, stage.run, stage.stop, (stage.registry,), args.metrics_port
+        stage.name, stage.run, stage.stop, (stage.registry,), metrics_port(args, settings)
     )

@@ -40,13 +40,19 @@ LATE = TOPICS["energy.late-readings"]
 ALERTS = TOPICS["energy.alerts"]
 
 
-class _DirectoryMixin:
-    """Reloads the meter directory from the DB every ``reload_s``."""
+class _EnergyStage(ConsumerLoop):
+    """What both stages share: the meter directory (reloaded from the DB every ``reload_s``)
+    and the dead letter for readings of meters it does not know."""
 
-    settings: Settings
     reload_s: float = 60.0
-    _directory: Directory | None = None
-    _loaded_at: float = 0.0
+
+    def __init__(self, settings: Settings, topics: tuple[str, ...], group_id: str) -> None:
+        super().__init__(settings, topics, group_id)
+        self._directory: Directory | None = None
+        self._loaded_at = 0.0
+        self.unknown = self.registry.counter(
+            "unknown_meter_readings_total", "Readings of meters not in the reference tables"
+        )
 
     def directory(self) -> Directory:
         now = time.monotonic()
@@ -58,15 +64,43 @@ class _DirectoryMixin:
             self._loaded_at = now
         return self._directory
 
+    def dead_letter_unknown(
+        self,
+        topic: str,
+        key: bytes | None,
+        batch: MeterBatch,
+        unknown: list[MeterReading],
+        partition: int,
+        offset: int,
+    ) -> None:
+        """One dead letter per batch, holding exactly the unknown meters' readings."""
+        self.unknown.inc(len(unknown))
+        ids = sorted({r.meter_id for r in unknown})
+        error = ValueError(
+            f"{len(unknown)} readings of {len(ids)} meters not in the meters reference table: "
+            f"{', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
+        )
+        codec = TOPICS[topic].codec
+        self.dead_letter(
+            topic,
+            key,
+            dead_letter(
+                source_topic=topic,
+                payload=codec.encode(batch.model_copy(update={"readings": unknown})),
+                error=error,
+                stage=self.name,
+                key=key,
+                partition=partition,
+                offset=offset,
+            ),
+        )
 
-class Router(_DirectoryMixin, ConsumerLoop):
+
+class Router(_EnergyStage):
     name = "energy-router"
 
     def __init__(self, settings: Settings, group_id: str = "citystream-energy-router") -> None:
         super().__init__(settings, (READINGS.name,), group_id)
-        self.unknown = self.registry.counter(
-            "unknown_meter_readings_total", "Readings of meters not in the reference tables"
-        )
         self.routed = self.registry.counter("readings_routed_total", "Readings routed")
 
     def handle(
@@ -89,27 +123,7 @@ class Router(_DirectoryMixin, ConsumerLoop):
             else:
                 by_district[place.district_id].append(reading)
         if unknown:
-            # One dead letter per batch, holding exactly the unknown meters' readings.
-            self.unknown.inc(len(unknown))
-            ids = sorted({r.meter_id for r in unknown})
-            error = ValueError(
-                f"{len(unknown)} readings of {len(ids)} meters not in the meters reference "
-                f"table: {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
-            )
-            part = batch.model_copy(update={"readings": unknown})
-            self.dead_letter(
-                READINGS.name,
-                key,
-                dead_letter(
-                    source_topic=READINGS.name,
-                    payload=READINGS.codec.encode(part),
-                    error=error,
-                    stage=self.name,
-                    key=key,
-                    partition=partition,
-                    offset=offset,
-                ),
-            )
+            self.dead_letter_unknown(READINGS.name, key, batch, unknown, partition, offset)
         for district_id, readings in by_district.items():
             part = batch.model_copy(update={"readings": readings})
             self.send(BY_DISTRICT.name, district_id.encode(), BY_DISTRICT.codec.encode(part))
@@ -127,7 +141,7 @@ class _PartitionWindows:
     first_offset: dict[float, int] = field(default_factory=dict)
 
 
-class Aggregator(_DirectoryMixin, ConsumerLoop):
+class Aggregator(_EnergyStage):
     name = "energy-aggregator"
 
     def __init__(
@@ -196,24 +210,8 @@ class Aggregator(_DirectoryMixin, ConsumerLoop):
         if too_late:
             late = batch.model_copy(update={"readings": too_late})
             self.send(LATE.name, key, LATE.codec.encode(late))
-        if unknown:
-            self.dead_letter(
-                BY_DISTRICT.name,
-                key,
-                dead_letter(
-                    source_topic=BY_DISTRICT.name,
-                    payload=BY_DISTRICT.codec.encode(
-                        batch.model_copy(update={"readings": unknown})
-                    ),
-                    error=ValueError(
-                        f"{len(unknown)} readings of meters no longer in the directory"
-                    ),
-                    stage=self.name,
-                    key=key,
-                    partition=partition,
-                    offset=offset,
-                ),
-            )
+        if unknown:  # removed from the directory since routing
+            self.dead_letter_unknown(BY_DISTRICT.name, key, batch, unknown, partition, offset)
 
     def _emit(self, part: _PartitionWindows, events: list[Any]) -> list[MeterReading]:
         """Publish closed windows; return the too-late readings (recorded by the caller)."""

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from citystream.worker import run_until_signalled, setup_logging
+    from citystream.worker import metrics_port, run_until_signalled, setup_logging
     from streams.sink.worker import DbSink, SinkConfig, storable_topics
 
     setup_logging(args.log_level)
@@ -54,4 +54,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         max_delay_s=args.max_delay,
     )
     sink = DbSink(settings, config)
-    return run_until_signalled("sink", sink.run, sink.stop, (sink.registry,), args.metrics_port)
+    return run_until_signalled(
+        "sink", sink.run, sink.stop, (sink.registry,), metrics_port(args, settings)
+    )

@@ -16,7 +16,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         "moment s",
         "not yet stored",
         "lost",
-        "duplicated",
         "worker restarts",
         "recovery s",
     ]
