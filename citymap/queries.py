@@ -56,6 +56,14 @@ async def cameras(db: Database, intersection_id: str | None) -> list[dict[str, A
     )
 
 
+async def road_segments(db: Database, intersection_id: str | None) -> list[dict[str, Any]]:
+    return await db.all(
+        "SELECT id, geometry, properties FROM road_segments "
+        "WHERE (%(i)s::text IS NULL OR intersection_id = %(i)s) ORDER BY id",
+        {"i": intersection_id},
+    )
+
+
 async def exists(db: Database, table: str, ident: str) -> bool:
     queries = {
         "intersections": "SELECT 1 AS x FROM intersections WHERE id = %(id)s",

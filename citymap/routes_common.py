@@ -149,6 +149,22 @@ async def audit_log(
     )
 
 
+@router.get("/roads", tags=["map"])
+async def roads(
+    svc: Svc,
+    who: Annotated[Principal, Depends(anyone)],
+    intersection_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = None,
+) -> Response:
+    """The road network (GeoJSON FeatureCollection of LineStrings): the map's base layer,
+    exported from the simulator's SUMO network or loaded from a city's own GeoJSON."""
+    rows = await queries.road_segments(svc.db, intersection_id)
+    features = [
+        {"type": "Feature", "id": r["id"], "geometry": r["geometry"], "properties": r["properties"]}
+        for r in rows
+    ]
+    return ok({"type": "FeatureCollection", "features": features})
+
+
 @router.get(
     "/live",
     tags=["live"],

@@ -15,6 +15,7 @@ import math
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -204,6 +205,21 @@ def make_violation(i: int, intersection_id: str, at: datetime, rnd: random.Rando
     )
 
 
+def _insert_roads(conn: psycopg.Connection[Any], intersections: list[dict[str, Any]]) -> int:
+    """The simulator's SUMO junction network placed at every intersection (base map)."""
+    import tempfile
+
+    from simulators.intersection.network import NetworkSpec, build_network
+    from simulators.intersection.roads import road_features, upsert_road_segments
+
+    with tempfile.TemporaryDirectory(prefix="citystream-net-") as tmp:
+        net = build_network(NetworkSpec(), Path(tmp))
+        return sum(
+            upsert_road_segments(conn, road_features(net, i["id"], (i["lon"], i["lat"])))
+            for i in intersections
+        )
+
+
 def seed(
     dsn: str, size: CitySize | None = None, now: datetime | None = None, seed: int = 7
 ) -> dict[str, int]:
@@ -216,6 +232,7 @@ def seed(
     sent: dict[str, int] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
         _insert_reference(conn, ref)
+        sent["road_segments"] = _insert_roads(conn, ref["intersections"])
 
         with CopyWriter(conn, tables.TRAFFIC_COUNTS) as w:
             n = 0

@@ -48,9 +48,9 @@
 
   // ---- map --------------------------------------------------------------------------
   const map = L.map("map", { zoomControl: true, attributionControl: false, preferCanvas: false });
-  const panes = ["districts", "feeders", "intersections", "violations"];
+  const panes = ["roads", "districts", "feeders", "intersections", "violations"];
   panes.forEach((p, i) => { map.createPane(p); map.getPane(p).style.zIndex = 400 + i * 10; });
-  const groups = { "Districts: load vs forecast": L.layerGroup(), "Feeders": L.layerGroup(),
+  const groups = { "Roads": L.layerGroup(), "Districts: load vs forecast": L.layerGroup(), "Feeders": L.layerGroup(),
                    "Intersections: flow & queue": L.layerGroup(), "Recent violations": L.layerGroup(),
                    "Alerts": L.layerGroup() };
   Object.values(groups).forEach((g) => g.addTo(map));
@@ -90,6 +90,14 @@
         .on("click", () => showScope("feeder", f.id, f.name || f.id)).addTo(g);
     });
     state.layers.feeders = rows.length;
+  }
+  async function loadRoads() {
+    const fc = await api("/roads"); const g = groups["Roads"]; g.clearLayers();
+    L.geoJSON(fc, { pane: "roads", style: (f) => ({ color: f.properties.bus_lanes ? "#c9a227" : "#9aa7b4",
+      weight: 2 + 1.5 * (f.properties.lanes || 1), opacity: 0.8 }),
+      onEachFeature: (f, l) => l.bindTooltip(`${esc(f.properties.edge || f.id)} · ${f.properties.lanes} lanes · ${n0(f.properties.speed_kmh)} km/h` +
+        (f.properties.bus_lanes ? " · bus lane" : "")) }).addTo(g);
+    state.layers.roads = fc.features.length;
   }
   async function loadIntersections() {
     if (!may("traffic")) return;
@@ -321,7 +329,7 @@
     $("#who").textContent = `${state.me.name} (${state.me.role})`;
     legend(); map.invalidateSize();
     if (may("energy")) state.feederRows = await api("/feeders");
-    await Promise.all([loadDistricts(), loadIntersections(), loadFeeders()]);
+    await Promise.all([loadRoads(), loadDistricts(), loadIntersections(), loadFeeders()]);
     await Promise.all([loadViolations(), loadAlerts()]);
     if (!state.fitted && state.intersections.size) { map.fitBounds([...state.intersections.values()].map((i) => [i.lat, i.lon]), { padding: [40, 40] }); state.fitted = true; }
     summary(); connectLive();

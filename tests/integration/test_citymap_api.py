@@ -119,6 +119,29 @@ def test_intersections_carry_live_flow_and_queue(vw: httpx.Client) -> None:
     assert vw.get("/intersections/nowhere").status_code == 404
 
 
+def test_road_network_is_the_simulators_net_placed_at_each_intersection(
+    vw: httpx.Client,
+) -> None:
+    fc = vw.get("/roads").json()
+    # 12 intersections x 8 edges (4 arms, in and out) of the SUMO junction network
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 96
+    one = vw.get("/roads", params={"intersection_id": "i011"}).json()["features"]
+    assert {f["properties"]["edge"] for f in one} == {
+        f"{arm}_{d}" for arm in "NESW" for d in ("in", "out")
+    }
+    site = vw.get("/intersections/i011").json()
+    s_in = next(f for f in one if f["properties"]["edge"] == "S_in")
+    assert s_in["properties"]["bus_lanes"] == 1 and s_in["properties"]["lanes"] == 3
+    (lon0, lat0), (_, lat1) = (
+        s_in["geometry"]["coordinates"][0],
+        s_in["geometry"]["coordinates"][-1],
+    )
+    # the south approach runs north, from ~150 m south of the junction up to its stop line
+    assert lat0 < lat1 <= site["lat"] and 140 < (site["lat"] - lat0) * 111_195 < 155
+    assert abs(lon0 - site["lon"]) < 1e-4
+    assert vw.get("/roads", params={"intersection_id": "bad id!"}).status_code == 422
+
+
 def test_violations_are_paged_and_filtered(op: httpx.Client) -> None:
     page = op.get("/violations", params={"limit": 10}).json()
     assert len(page["items"]) == 10 and page["next_offset"] == 10
