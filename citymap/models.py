@@ -88,6 +88,8 @@ class CountBucket(BaseModel):
     vehicles: int
     occupancy: float
     max_queue: int
+    arrivals: int = Field(description="Vehicles that reached the arrival line")
+    arrivals_on_red: int = Field(description="Of those, arrived while their signal was red")
 
 
 class QueueBucket(BaseModel):

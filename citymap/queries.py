@@ -108,7 +108,8 @@ async def violation(db: Database, violation_id: str) -> dict[str, Any] | None:
 _COUNTS = """
 SELECT time_bucket(%(res)s, window_start) AS bucket, {group} AS key,
        sum(count)::int AS vehicles, round(avg(occupancy)::numeric, 4)::float8 AS occupancy,
-       max(queue_len)::int AS max_queue
+       max(queue_len)::int AS max_queue,
+       sum(arrivals)::int AS arrivals, sum(arrivals_on_red)::int AS arrivals_on_red
   FROM traffic_counts
  WHERE intersection_id = %(id)s AND window_start >= %(since)s AND window_start < %(until)s
  GROUP BY bucket, key ORDER BY bucket, key

@@ -259,6 +259,8 @@ def seed(
                                         count=cnt,
                                         occupancy=min(1.0, round(0.05 + 0.4 * load * share, 3)),
                                         queue_len=max(0, int(rnd.gauss(4 * load * share, 1))),
+                                        arrivals=cnt,
+                                        arrivals_on_red=int(cnt * (0.25 + 0.2 * load) * share),
                                     )
                                 )
                             )

@@ -12,7 +12,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 
@@ -134,6 +141,18 @@ class LaneCount(Message):
     count: int = Field(ge=0)
     occupancy: Prob = Field(description="Share of the window the lane's zone was occupied")
     queue_len: int = Field(ge=0, description="Vehicles queued at the stop line at window end")
+    arrivals: int = Field(
+        0, ge=0, description="Vehicles that reached the lane's arrival line in the window"
+    )
+    arrivals_on_red: int = Field(
+        0, ge=0, description="Of those, the ones that arrived while the lane's signal was red"
+    )
+
+    @model_validator(mode="after")
+    def _on_red_within_arrivals(self) -> LaneCount:
+        if self.arrivals_on_red > self.arrivals:
+            raise ValueError("arrivals_on_red exceeds arrivals")
+        return self
 
 
 class SignalState(StrEnum):

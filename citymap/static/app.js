@@ -200,6 +200,7 @@
       <div class="cards"><div class="card"><b>${n0(i.flow_vph)}</b><span>vehicles/h (15 min)</span></div>
       <div class="card"><b>${i.queue ?? "–"}</b><span>vehicles queued now</span></div></div>
       <h3>Vehicles per movement, last 24 h</h3><div id="c-counts" class="chart"></div>
+      <h3>Arrivals on red per movement (% of arrivals)</h3><div id="c-aor" class="chart"></div>
       <h3>Queue per lane (max per 15 min)</h3><div id="c-queues" class="chart"></div>
       <h3>Signal plan</h3><div id="plans">loading…</div>
       <div id="vq"></div>`;
@@ -208,6 +209,9 @@
                                                 api(`/intersections/${id}/queues?resolution=15m`)]);
     const pc = pivot(counts, "key", "vehicles");
     chart($("#c-counts"), "", pc.xs, pc.keys.map((k, j) => ({ label: k, stroke: PALETTE[j], width: 2, data: pc.data[j] })));
+    counts.forEach((r) => { r.aor_pct = r.arrivals ? Math.round(1000 * r.arrivals_on_red / r.arrivals) / 10 : null; });
+    const pa = pivot(counts, "key", "aor_pct");
+    chart($("#c-aor"), "", pa.xs, pa.keys.map((k, j) => ({ label: k, stroke: PALETTE[j], width: 1.5, data: pa.data[j] })), { height: 140 });
     const pq = pivot(queues, "lane_id", "max_queue");
     chart($("#c-queues"), "", pq.xs, pq.keys.map((k, j) => ({ label: "lane " + k, stroke: PALETTE[j % 6], width: 1.5, data: pq.data[j] })), { height: 160 });
     renderPlans(id); renderViolationQueue(id);

@@ -52,6 +52,8 @@ def lane_count_row(c: m.LaneCount) -> Row:
         c.count,
         c.occupancy,
         c.queue_len,
+        c.arrivals,
+        c.arrivals_on_red,
     )
 
 

@@ -7,7 +7,13 @@ after its end arrives, and its :class:`~schemas.messages.LaneCount` rows come ba
 * **occupancy**: the share of frames in which a vehicle stands in the lane's detection zone
   (the ``zone_m`` metres upstream of the stop line, like an inductive loop);
 * **queue_len**: vehicles in the lane upstream of the line moving slower than
-  ``queue_speed_kmh`` in the window's last frame.
+  ``queue_speed_kmh`` in the window's last frame;
+* **arrivals** / **arrivals_on_red**: vehicles crossing the lane's *arrival line*
+  (``arrival_m`` upstream of the stop line, where a coordination detector would sit) in
+  their direction of travel, and how many of them did so while the lane's signal group was
+  red (needs the :class:`~streams.traffic.signals.SignalTimeline`; without one every arrival
+  counts as not on red).  A high share on red means the platoons meet red lights: the
+  offset between neighbouring signals is wrong.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from schemas.messages import LaneCount, VehicleClass
+from schemas.messages import LaneCount, SignalState, VehicleClass
 from streams.traffic.calibration import Calibration, Lane
-from streams.traffic.geometry import points_in_polygon, segment_crossings
+from streams.traffic.geometry import FloatArray, points_in_polygon, segment_crossings
+from streams.traffic.signals import SignalTimeline
 from streams.traffic.tracks import MPS_TO_KMH, to_datetime
 
 COUNTED_CLASSES: tuple[VehicleClass, ...] = (
@@ -45,6 +52,8 @@ class Observation:
 class _Window:
     start: float
     counts: dict[tuple[str, VehicleClass], int] = field(default_factory=dict)
+    arrivals: dict[tuple[str, VehicleClass], int] = field(default_factory=dict)
+    on_red: dict[tuple[str, VehicleClass], int] = field(default_factory=dict)
     occupied: dict[str, int] = field(default_factory=dict)
     frames: int = 0
     queue: dict[str, int] = field(default_factory=dict)
@@ -60,11 +69,15 @@ class LaneCounter:
         zone_m: float = 5.0,
         queue_speed_kmh: float = 5.0,
         classes: Sequence[VehicleClass] = COUNTED_CLASSES,
+        signals: SignalTimeline | None = None,
+        arrival_m: float = 30.0,
     ) -> None:
         self.cal = calibration
         self.window_s = window_s
         self.zone_m = zone_m
         self.queue_speed_kmh = queue_speed_kmh
+        self.signals = signals
+        self.arrival_m = arrival_m
         self.classes = tuple(classes)
         self.lanes: list[Lane] = calibration.approach_lanes
         self._last: dict[int, tuple[float, tuple[float, float]]] = {}
@@ -107,6 +120,7 @@ class LaneCounter:
             if prev is None:
                 continue
             step = np.array([prev[1], o.xy], dtype=np.float64)
+            self._arrival(win, t, o, step)
             for lane in self.lanes:
                 assert lane.stop_line is not None
                 hits = segment_crossings(
@@ -120,6 +134,25 @@ class LaneCounter:
         if len(self._last) > 4 * len(obs) + 100:
             self._last = {k: v for k, v in self._last.items() if t - v[0] < 10}
         return out
+
+    def _arrival(self, win: _Window, t: float, o: Observation, step: FloatArray) -> None:
+        """Count ``o`` if its last step crossed a lane's arrival line, forwards."""
+        for lane in self.lanes:
+            assert lane.stop_line is not None
+            up = -((step - np.asarray(lane.stop_line[0])) @ lane.dir)  # metres before the line
+            if not (up[0] > self.arrival_m >= up[1]):
+                continue
+            if not points_in_polygon(step[1:], lane.poly)[0]:
+                continue
+            key = (lane.lane_id, o.vehicle_class)
+            win.arrivals[key] = win.arrivals.get(key, 0) + 1
+            if (
+                self.signals is not None
+                and lane.signal_group is not None
+                and self.signals.state_at(lane.signal_group, t) is SignalState.red
+            ):
+                win.on_red[key] = win.on_red.get(key, 0) + 1
+            return
 
     def _speed(self, o: Observation, t: float) -> float:
         if o.speed_kmh is not None:
@@ -140,7 +173,7 @@ class LaneCounter:
     def _emit(self, win: _Window) -> list[LaneCount]:
         rows = []
         classes = list(self.classes) + sorted(
-            {c for _, c in win.counts} - set(self.classes), key=str
+            {c for _, c in (*win.counts, *win.arrivals)} - set(self.classes), key=str
         )
         for lane in self.lanes:
             occ = win.occupied.get(lane.lane_id, 0) / max(win.frames, 1)
@@ -157,6 +190,8 @@ class LaneCounter:
                         count=win.counts.get((lane.lane_id, cls), 0),
                         occupancy=round(occ, 4),
                         queue_len=win.queue.get(lane.lane_id, 0),
+                        arrivals=win.arrivals.get((lane.lane_id, cls), 0),
+                        arrivals_on_red=win.on_red.get((lane.lane_id, cls), 0),
                     )
                 )
         return rows

@@ -215,6 +215,8 @@ def test_counts_are_time_bucketed_at_the_chosen_resolution(
             (since, until),
         ).fetchone()[0]
     assert sum(r["vehicles"] for r in rows) == want
+    assert all(0 <= r["arrivals_on_red"] <= r["arrivals"] for r in rows)
+    assert sum(r["arrivals_on_red"] for r in rows) > 0
     by_lane = vw.get("/intersections/i011/counts", params={**params, "by": "lane"}).json()
     assert {r["key"] for r in by_lane} == {"Nt", "Nl", "Nr", "St", "Sl", "Sr"}
     q = vw.get("/intersections/i011/queues", params={**params, "resolution": "30m"}).json()

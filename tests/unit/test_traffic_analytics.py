@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schemas.messages import PhaseTiming, SignalPlan, VehicleClass, ViolationKind
+from schemas.messages import PhaseTiming, SignalPlan, SignalState, VehicleClass, ViolationKind
 from streams.traffic.counts import LaneCounter, Observation, group_flows_pcu_h
 from streams.traffic.evidence import (
     Evidence,
@@ -20,6 +20,7 @@ from streams.traffic.evidence import (
     verify_bundle,
 )
 from streams.traffic.rules import RuleViolation
+from streams.traffic.signals import SignalTimeline
 from streams.traffic.webster import (
     GroupDemand,
     WebsterBounds,
@@ -62,6 +63,45 @@ def test_lane_counts_occupancy_and_queue() -> None:
     flows = group_flows_pcu_h(first, CAL)
     assert flows["S_through"] == pytest.approx(6 * 0.3 * 60)
     assert counter.flush()  # the second, open window
+
+
+def test_arrivals_on_red_follow_the_signal_at_the_arrival_line() -> None:
+    t0 = float(np.floor(T0 / 60) * 60)
+    signals = SignalTimeline()
+    signals.add("S_through", t0, SignalState.green)
+    signals.add("S_through", t0 + 20, SignalState.red)  # red from 20 s to 50 s
+    signals.add("S_through", t0 + 50, SignalState.green)
+    counter = LaneCounter(CAL, window_s=60, signals=signals, arrival_m=30.0)
+    rows = []
+    for k in range(0, 620):
+        t = t0 + k / 10
+        obs = []
+        # a car every 10 s through S_in_1 at 10 m/s from y=-58: it crosses the arrival
+        # line (y=-40, 30 m before the stop line at -10) 1.8 s after it appears
+        for j in range(6):
+            y = -58 + 10 * (t - (t0 + 10 * j))
+            if -59 < y < -11:
+                obs.append(Observation(200 + j, VehicleClass.car, (5.0, y)))
+        # a motorbike that appears already past the arrival line is not an arrival
+        obs.append(Observation(300, VehicleClass.motorbike, (5.5, -35.0 + 0.001 * k)))
+        # a car on the exit lane going the other way crosses nothing that counts
+        obs.append(Observation(301, VehicleClass.car, (-3.0, -11 - 0.1 * k)))
+        rows += counter.add_frame(t, obs)
+    by = {(r.lane_id, r.vehicle_class): r for r in rows}
+    cars = by[("S_in_1", VehicleClass.car)]
+    # arrivals at 1.8, 11.8, 21.8, 31.8, 41.8, 51.8 s: three of them in the red (20-50 s)
+    assert (cars.arrivals, cars.arrivals_on_red) == (6, 3)
+    assert by[("S_in_1", VehicleClass.motorbike)].arrivals == 0
+    assert by[("S_in_0", VehicleClass.car)].arrivals == 0
+    # without a signal timeline arrivals are still counted, none on red
+    plain = LaneCounter(CAL, window_s=60)
+    out = []
+    for k in range(0, 620):
+        t = t0 + k / 10
+        y = -58 + 10 * (t - t0)
+        out += plain.add_frame(t, [Observation(9, VehicleClass.bus, (5.0, y))] if y < -11 else [])
+    bus = next(r for r in out if r.lane_id == "S_in_1" and r.vehicle_class is VehicleClass.bus)
+    assert (bus.arrivals, bus.arrivals_on_red) == (1, 0)
 
 
 # --- Webster -----------------------------------------------------------------------------
