@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= $(HOME)/.cache/citystream/venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev,energy,traffic
+EXTRAS ?= dev,energy,traffic,vision
 DEPS_STAMP = $(VENV)/.deps-$(shell cat pyproject.toml | sha256sum | cut -c1-16)-$(subst $(comma),_,$(EXTRAS))
 comma := ,
 PYTEST_ARGS ?=

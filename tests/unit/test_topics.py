@@ -69,3 +69,13 @@ def test_json_schema_export(tmp_path: Path) -> None:
     reading = json.loads((tmp_path / "meter_reading.schema.json").read_text())
     assert reading["properties"]["import_kwh"]["minimum"] == 0
     assert "meter_id" in reading["required"]
+
+
+def test_kafka_python_checks_crcs_with_the_c_implementation() -> None:
+    """kafka-python silently falls back to a pure-Python CRC-32C (~10 ms per 64 KB batch,
+    most of a worker's CPU at pipeline rates) when the ``crc32c`` package is missing."""
+    import crc32c
+    from kafka.record import util
+
+    assert util.calc_crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    assert util.calc_crc32c.__defaults__ == (crc32c.crc32c,)
