@@ -15,6 +15,7 @@ first test runs.
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -44,6 +45,47 @@ def stack_settings(state_dir: Path) -> Settings:
         kafka=KafkaSettings(port=free_port(), controller_port=free_port()),
         mqtt=MqttSettings(port=free_port()),
         db=DbSettings(port=free_port()),
+    )
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ports given to client sockets (``ip_local_port_range``)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def stable_port(rng: random.Random | None = None) -> int:
+    """A free loopback port *below* the kernel's ephemeral range.
+
+    :func:`free_port` hands out an ephemeral port: fine for a service that stays up, but
+    while a service on such a port is down (killed in a fault test) a client socket may be
+    given that very port, or a reconnecting client may connect to itself on it, and the
+    restarted service then cannot bind it.  No client socket ever gets a port outside the
+    ephemeral range, so a service killed and restarted on this one gets it back."""
+    rng = rng or random.Random()
+    low = min(ephemeral_range()[0], 32768)
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {max(1024, low - 12000)}..{low - 1}")
+
+
+def restartable_stack_settings(state_dir: Path) -> Settings:
+    """Like :func:`stack_settings`, on :func:`stable_port` s: for tests that kill and
+    restart the services (``Stack.kill_service`` / ``Stack.restart_service``)."""
+    return Settings(
+        state_dir=state_dir,
+        kafka=KafkaSettings(port=stable_port(), controller_port=stable_port()),
+        mqtt=MqttSettings(port=stable_port()),
+        db=DbSettings(port=stable_port()),
     )
 
 
@@ -142,6 +184,55 @@ class Stack:
         import psycopg
 
         return psycopg.connect(self.settings.db.dsn, autocommit=True)
+
+    def read_topic(self, topic: str, where: Callable[[Record], bool] | None = None) -> list[Record]:
+        """Every record of ``topic`` (that satisfies ``where``) up to its current end, read
+        without a consumer group: exactly what the topic holds now, no waiting for more."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.kafka.bootstrap, enable_auto_commit=False
+        )
+        try:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                raise AssertionError(f"topic {topic!r} does not exist on the test broker")
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            end = consumer.end_offsets(tps)
+            out: list[Record] = []
+            deadline = time.monotonic() + 60.0
+            while any(consumer.position(tp) < end[tp] for tp in tps):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"reading {topic!r} to its end took over 60 s")
+                for tp, msgs in consumer.poll(timeout_ms=500).items():
+                    for m in msgs:
+                        if m.offset >= end[tp]:
+                            continue
+                        hdrs = list(m.headers)
+                        r = Record(tp.topic, tp.partition, m.offset, m.key, m.value, hdrs)
+                        if where is None or where(r):
+                            out.append(r)
+            return out
+        finally:
+            consumer.close()
+
+    def kill_service(self, name: str) -> int:
+        """``kill -9`` the stack's ``kafka``, ``mosquitto`` or ``postgres`` (see
+        :func:`citystream.stack.supervisor.kill`); returns the pid."""
+        from citystream.stack.supervisor import kill
+
+        return kill(self.settings, name)
+
+    def restart_service(self, name: str) -> float:
+        """Start a killed service again, same data and ports, and wait until it answers;
+        returns the seconds it took (see :func:`citystream.stack.supervisor.restart`)."""
+        from citystream.stack.supervisor import restart
+
+        t0 = time.monotonic()
+        restart(self.settings, name, progress=lambda msg: print(f"[stack] {msg}", flush=True))
+        return time.monotonic() - t0
 
 
 def wait_until(cond: Callable[[], object], timeout_s: float, what: str) -> float:

@@ -6,6 +6,13 @@ must not commit an offset before the effect of every record up to it is durable.
 asks the stage to make its effects durable (``checkpoint``) and which offsets are safe;
 only then does it flush the producer and commit.  A crash replays from the last commit,
 and natural keys downstream turn the replay into a no-op.
+
+A broker restart does not end the loop: a commit that fails with a retriable error (broker
+or coordinator unreachable, timeout) is skipped and counted, the loop keeps polling, and the
+next commit covers those offsets too; a commit refused because the group rebalanced is
+skipped the same way (the next poll rejoins, and records consumed again collapse on their
+natural keys).  Only what cannot be retried (sends that failed) ends it, for the supervisor
+to restart it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,13 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+
 from citystream.errors import SinkError
 from citystream.metrics import Registry
 from citystream.settings import Settings
@@ -23,6 +37,19 @@ from schemas.messages import DeadLetter
 from schemas.topics import DEAD_LETTER_CODEC, TOPICS
 
 log = logging.getLogger(__name__)
+
+
+#: Commit refusals after the group rebalanced: not fatal (see :meth:`ConsumerLoop.commit`).
+_REBALANCE_ERRORS = (
+    CommitFailedError,
+    IllegalGenerationError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+
+#: Upper bound of the clients' reconnect back-off (kafka-python's default, 30 s, keeps a
+#: worker idle for up to that long after the broker is back).
+RECONNECT_BACKOFF_MAX_MS = 1000
 
 
 class ConsumerLoop(ABC):
@@ -51,6 +78,9 @@ class ConsumerLoop(ABC):
         self.records = self.registry.counter("records_total", "Records consumed", ("topic",))
         self.dead = self.registry.counter("dead_letters_total", "Records dead-lettered", ("topic",))
         self.commits = self.registry.counter("commits_total", "Offset commits")
+        self.commit_errors = self.registry.counter(
+            "commit_errors_total", "Offset commits skipped on a retriable error (retried)"
+        )
         self._stop = threading.Event()
         self.consumer: Any = None
         self.producer: Any = None
@@ -104,6 +134,7 @@ class ConsumerLoop(ABC):
             auto_offset_reset="earliest",
             max_poll_records=self.max_poll_records,
             metadata_max_age_ms=30_000,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         # Subscribe only once the topics' metadata is known: a group joined before that is
         # assigned nothing for those topics until the next metadata refresh.
@@ -116,7 +147,11 @@ class ConsumerLoop(ABC):
             )
         self.consumer.subscribe(list(self.topics))
         self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024
+            bootstrap_servers=bootstrap,
+            acks="all",
+            linger_ms=5,
+            batch_size=256 * 1024,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
 
     def run(self) -> None:
@@ -154,6 +189,7 @@ class ConsumerLoop(ABC):
 
     def commit(self) -> None:
         from kafka import TopicPartition
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
         safe = self.checkpoint(dict(self._handled))
@@ -168,9 +204,23 @@ class ConsumerLoop(ABC):
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         safe = {k: v for k, v in safe.items() if k in assigned}
         if safe:
-            self.consumer.commit(
-                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in safe.items()}
-            )
+            try:
+                self.consumer.commit(
+                    {
+                        TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                        for (t, p), o in safe.items()
+                    }
+                )
+            except KafkaError as exc:
+                if not (exc.retriable or isinstance(exc, _REBALANCE_ERRORS)):
+                    raise
+                # The effects are durable already.  Retriable: the offsets go with the next
+                # commit.  A rebalance (e.g. a member missed heartbeats on a busy machine):
+                # the next poll rejoins and resumes from the last commit; what is consumed
+                # twice collapses on the natural keys downstream and in the stages' dedup.
+                self.commit_errors.inc()
+                log.warning("%s: offset commit failed (%s); retrying", self.name, exc)
+                return
             self.commits.inc()
 
     def close(self) -> None:

@@ -96,10 +96,20 @@ def owned_pid(files: ProcessFiles) -> int | None:
     return None
 
 
+def self_connected(sock: socket.socket) -> bool:
+    """The socket is connected to itself (same local and remote address)."""
+    return bool(sock.getsockname() == sock.getpeername())
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Something listens on ``host:port``.
+
+    A connection to a loopback port in the kernel's ephemeral range that nobody listens on
+    can succeed by connecting to itself (TCP simultaneous open, source port = destination
+    port); such a socket is not a service, so it does not count."""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            return not self_connected(sock)
     except OSError:
         return False
 
@@ -167,7 +177,8 @@ def spawn(
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def _reap() -> None:
+def reap() -> None:
+    """Collect the exit status of our children that ended (no zombies left behind)."""
     for pid, proc in list(_children.items()):
         if proc.poll() is not None:
             del _children[pid]
@@ -183,7 +194,7 @@ def wait_ready(
     """Poll ``ready()`` until true; fail early if the process dies, late on timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        _reap()
+        reap()
         if ready():
             return
         if not pid_alive(pid):
@@ -216,9 +227,15 @@ def kill_leftovers(pid: int) -> None:
     so members found for a dead leader are ours."""
     if pid_alive(pid):
         return
-    for child in _group_leftovers(pid):
+    left = _group_leftovers(pid)
+    for child in left:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child, signal.SIGKILL)
+    # Wait for them to go: e.g. a new postmaster refuses to start while an old backend
+    # still holds the shared memory segment.
+    deadline = time.monotonic() + 10.0
+    while any(pid_alive(p) for p in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def stop(files: ProcessFiles, sig: signal.Signals = signal.SIGTERM, timeout: float = 30.0) -> bool:
@@ -233,16 +250,16 @@ def stop(files: ProcessFiles, sig: signal.Signals = signal.SIGTERM, timeout: flo
             os.kill(pid, sig)
         deadline = time.monotonic() + timeout
         while pid_alive(pid) and time.monotonic() < deadline:
-            _reap()
+            reap()
             time.sleep(0.1)
         if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             while pid_alive(pid) and time.monotonic() < deadline + 10:
-                _reap()
+                reap()
                 time.sleep(0.1)
         stopped = True
-        _reap()
+        reap()
     old = read_pid(files.pidfile)
     if old is not None:
         kill_leftovers(old)

@@ -4,7 +4,10 @@
 already reachable, and waits until each answers (postgres: a query; mosquitto: its port;
 kafka: a metadata request).  It is idempotent.  ``down`` stops what ``up`` started.
 ``status`` only looks: a service whose process died is reported ``crashed`` and stays down
-until the next ``up``.  Everything lives under ``settings.state_dir``::
+until the next ``up``.  ``kill`` and ``restart`` act on one service, for fault injection
+and for a supervisor that brings back what crashed: ``restart`` starts a dead service again
+with the same data dir and ports, never mistaking its own port for an external service.
+Everything lives under ``settings.state_dir``::
 
     <state_dir>/logs/<service>.log    output of the service
     <state_dir>/run/<service>.pid     pid of the running service
@@ -17,6 +20,7 @@ Topics and migrations are not made here (see ``citystream.kafka_topics`` and the
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -101,7 +105,8 @@ def log_path(settings: Settings, service: str) -> Path:
     return _service(settings, service).files().log
 
 
-def _start(svc: Service, progress: Callable[[str], None]) -> None:
+def _start(svc: Service, progress: Callable[[str], None], *, adopt: bool = True) -> None:
+    """Start ``svc``; with ``adopt``, a port that already answers is used as it is."""
     files = svc.files()
     old = process.read_pid(files.pidfile)
     if old is not None:  # crashed: clear what is left of the old process group
@@ -109,6 +114,10 @@ def _start(svc: Service, progress: Callable[[str], None]) -> None:
         process.kill_leftovers(old)
         files.pidfile.unlink(missing_ok=True)
     if process.port_open(svc.host, svc.port):
+        if not adopt:
+            raise StackError(
+                f"{svc.name}: {svc.host}:{svc.port} is taken by another process; cannot restart"
+            )
         progress(f"{svc.name}: {svc.host}:{svc.port} answers but is not ours; using it")
         return
     t0 = time.monotonic()
@@ -146,3 +155,60 @@ def down(settings: Settings) -> list[ServiceStatus]:
             continue
         process.stop(svc.files(), svc.stop_signal, timeout=max(30.0, svc.start_timeout / 2))
     return status(settings)
+
+
+def kill(settings: Settings, service: str, sig: signal.Signals = signal.SIGKILL) -> int:
+    """Send ``sig`` (default SIGKILL, i.e. ``kill -9``) to the main process of one service of
+    this state dir, as a crash would, and wait until it is gone.  Nothing is cleaned up: the
+    pid file stays, so :func:`status` says ``crashed`` until :func:`restart` or :func:`up`.
+    Returns the killed pid; raises StackError when the service is external or not running."""
+    svc = _service(settings, service)
+    if svc.external:
+        raise StackError(f"{service} is external ({svc.address}); not ours to kill")
+    pid = process.owned_pid(svc.files())
+    if pid is None:
+        raise StackError(f"{service} is not running (state {_status(svc).state})")
+    os.kill(pid, sig)
+    deadline = time.monotonic() + 30.0
+    while process.pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise StackError(f"{service} (pid {pid}) still alive 30 s after {sig.name}")
+        process.reap()
+        time.sleep(0.02)
+    process.reap()
+    return pid
+
+
+def restart(
+    settings: Settings,
+    service: str,
+    progress: Callable[[str], None] = print,
+    *,
+    port_wait_s: float = 30.0,
+    attempts: int = 3,
+) -> ServiceStatus:
+    """Start one service of this state dir again after its process died (``kill -9``, OOM
+    killer): same data dir, same ports; a running one is left alone.
+
+    Unlike :func:`up`, a port that still answers is never taken for an external service:
+    it is ours, so it is waited for (``port_wait_s``) and the start fails if it stays
+    taken.  A start that fails (e.g. the port was grabbed again just before the bind) is
+    tried ``attempts`` times.  Returns the service's status; raises StackError."""
+    svc = _service(settings, service)
+    if svc.external:
+        raise StackError(f"{service} is external ({svc.address}); not ours to restart")
+    if _status(svc).state == process.RUNNING:
+        return _status(svc)
+    for attempt in range(1, attempts + 1):
+        deadline = time.monotonic() + port_wait_s
+        while process.port_open(svc.host, svc.port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        try:
+            _start(svc, progress, adopt=False)
+            break
+        except StackError as exc:
+            if attempt == attempts:
+                raise
+            progress(f"{service}: restart attempt {attempt} failed ({exc}); trying again")
+            time.sleep(1.0)
+    return _status(svc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,14 +56,24 @@ def registered(settings: Settings) -> list[Worker]:
     return [Worker(d["name"], tuple(d["args"])) for d in data]
 
 
-def start(settings: Settings, workers: list[Worker], env: dict[str, str] | None = None) -> None:
-    """Start every worker that is not running (a crashed one is started again)."""
+def start(
+    settings: Settings,
+    workers: list[Worker],
+    env: dict[str, str] | None = None,
+    *,
+    base_env: Mapping[str, str] | None = None,
+) -> None:
+    """Start every worker that is not running (a crashed one is started again).
+
+    The workers get ``base_env`` (default: this process's environment) updated with
+    ``env`` and the state dir."""
     known = {w.name: w for w in registered(settings)}
     known.update({w.name: w for w in workers})
     path = _registry(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([{"name": w.name, "args": list(w.args)} for w in known.values()]))
-    child_env = {**os.environ, **(env or {}), "CITYSTREAM_STATE_DIR": str(settings.state_dir)}
+    base = os.environ if base_env is None else base_env
+    child_env = {**base, **(env or {}), "CITYSTREAM_STATE_DIR": str(settings.state_dir)}
     for w in workers:
         files = _files(settings, w)
         if process.owned_pid(files) is None:

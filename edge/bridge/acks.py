@@ -8,6 +8,10 @@ receive-ordered queue.  Kafka writes are not held back by this, only the PUBACKs
 Each message remembers the MQTT connection *generation* it arrived on: after a
 reconnect, the broker redelivers unacknowledged messages, so an ack for a message of an
 older connection must not be sent (its packet id may name another message now).
+
+:class:`OutstandingSends` and :class:`StallWatch` are the bookkeeping of the bridge's
+stall watchdog: which records the producer still owes an answer for, and when it has owed
+them too long.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+
+from schemas.topics import KafkaRecord
 
 
 @dataclass(eq=False)
@@ -77,3 +83,65 @@ class AckTracker:
     def unfinished(self) -> int:
         with self._lock:
             return sum(1 for p in self._queue if not p.finished)
+
+
+class OutstandingSends:
+    """Kafka sends not yet acknowledged or failed, by send id, per producer generation.
+
+    Every record handed to the producer is :meth:`add` ed and completes through exactly one
+    :meth:`take` (its ack or its failure).  When a stalled producer is replaced,
+    :meth:`replace` hands back every outstanding send, in send order, for re-sending, and
+    starts a new generation: a late callback of the old producer then takes nothing, so each
+    message's record count goes down once per record, through the re-send."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sends: dict[int, tuple[Pending, KafkaRecord]] = {}
+        self._next_id = 0
+        self.generation = 0
+
+    def add(self, pending: Pending, record: KafkaRecord) -> tuple[int, int]:
+        """Track one send; returns ``(send id, generation)`` for its callbacks."""
+        with self._lock:
+            sid = self._next_id
+            self._next_id += 1
+            self._sends[sid] = (pending, record)
+            return sid, self.generation
+
+    def take(self, sid: int, generation: int) -> tuple[Pending, KafkaRecord] | None:
+        """The send ``sid`` made in ``generation``, removed; None when it was taken already
+        or belongs to a replaced producer."""
+        with self._lock:
+            if generation != self.generation:
+                return None
+            return self._sends.pop(sid, None)
+
+    def replace(self) -> list[tuple[Pending, KafkaRecord]]:
+        """Start a new generation; returns the old one's outstanding sends, oldest first."""
+        with self._lock:
+            stranded = list(self._sends.values())
+            self._sends.clear()
+            self.generation += 1
+            return stranded
+
+    def __len__(self) -> int:
+        return len(self._sends)
+
+
+@dataclass
+class StallWatch:
+    """Says when work has been outstanding with no progress for ``timeout_s`` (0: never)."""
+
+    timeout_s: float
+    last_progress: float = 0.0
+
+    def progress(self, now: float) -> None:
+        self.last_progress = now
+
+    def stalled(self, now: float, busy: bool) -> bool:
+        """``busy``: something is waiting for the producer.  While idle the clock stays
+        reset, so a stall is counted from the first send after a quiet spell."""
+        if not busy or not self.timeout_s:
+            self.last_progress = now
+            return False
+        return now - self.last_progress >= self.timeout_s

@@ -26,6 +26,14 @@ Guarantees:
   Maximum), so a Kafka outage turns into back-pressure on Mosquitto, which queues for us.
 * **Bad input never stops it.** Undecodable or invalid payloads become a
   :class:`~schemas.messages.DeadLetter` on ``<kafka_topic>.dlq`` and are then acked.
+* **A stuck producer is replaced.** A watchdog in the housekeeping loop notices when
+  records are outstanding but Kafka has acknowledged none of them for ``stall_timeout_s``
+  (a producer wedged after a broker crash, or failing every send).  It builds a new
+  producer on a helper thread (bootstrapping blocks while the broker is unreachable) and,
+  if the old one still has not recovered by then, swaps it in and re-sends every record
+  not yet acknowledged (``producer_resets_total``).  Late answers of the old producer are
+  ignored; a record it did deliver is then written twice, a duplicate that the natural
+  keys downstream collapse.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from typing import Any
 
 from citystream.metrics import MetricsServer, Registry, serve
 from citystream.settings import Settings
-from edge.bridge.acks import AckTracker, Pending
+from edge.bridge.acks import AckTracker, OutstandingSends, Pending, StallWatch
 from edge.bridge.routing import plan, subscriptions
 from schemas.topics import MQTT_ROUTES, KafkaRecord, MqttRoute
 
@@ -64,12 +72,25 @@ class BridgeConfig:
     keepalive_s: int = 30
     shutdown_timeout_s: float = 30.0
     """How long a graceful stop waits for Kafka to acknowledge what is in flight."""
+    stall_timeout_s: float = 30.0
+    """Replace the producer when records are outstanding and none was acknowledged for this
+    long (0: never)."""
+    reconnect_backoff_max_ms: int = 1000
+    """Upper bound of the producer's reconnect back-off (kafka-python's default is 30 s)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.receive_maximum <= 65535:
             raise ValueError("receive_maximum must be within 1..65535")
         if self.linger_ms < 0 or self.batch_size < 1 or self.retry_backoff_s < 0:
             raise ValueError("linger_ms, batch_size and retry_backoff_s must be positive")
+        if self.reconnect_backoff_max_ms < 1:
+            raise ValueError("reconnect_backoff_max_ms must be >= 1")
+        if self.stall_timeout_s and (
+            self.stall_timeout_s < 1.0 or self.stall_timeout_s * 1000 < 2 * self.linger_ms
+        ):
+            # a batch lingers before it is sent: a shorter timeout would replace producers
+            # that are merely batching, over and over
+            raise ValueError("stall_timeout_s must be 0 (off) or >= 1 s and >= 2 x linger_ms")
 
 
 class BridgeMetrics:
@@ -95,6 +116,13 @@ class BridgeMetrics:
             "kafka_errors_total", "Failed Kafka sends (re-sent after back-off)", labels=("error",)
         )
         self.in_flight = r.gauge("messages_in_flight", "MQTT messages waiting for Kafka acks")
+        self.outstanding = r.gauge(
+            "records_outstanding", "Kafka records sent and not yet acknowledged or failed"
+        )
+        self.producer_resets = r.counter(
+            "producer_resets_total",
+            "Kafka producers replaced by the stall watchdog (records re-sent)",
+        )
         self.retrying = r.gauge("records_retrying", "Kafka records waiting to be re-sent")
         self.connected = r.gauge("mqtt_connected", "1 while connected to the MQTT broker")
         self.connects = r.counter("mqtt_connects_total", "Successful MQTT (re)connections")
@@ -137,6 +165,13 @@ class Bridge:
         self._client: Any = None
         self._producer: Any = None
         self._bad_logged = 0.0
+        # Records the producer owes an answer for; _send_lock pairs the producer with its
+        # generation in _outstanding while the watchdog swaps it.
+        self._send_lock = threading.Lock()
+        self._outstanding = OutstandingSends()
+        self._watch = StallWatch(self.config.stall_timeout_s, time.monotonic())
+        self._builder: threading.Thread | None = None
+        self._fresh: Any = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -175,8 +210,9 @@ class Bridge:
             last_t, last_recv, last_prod = time.monotonic(), 0.0, 0.0
             while not self._stop.wait(0.1):
                 self._resend_due()
-                interval = self.config.progress_interval_s
                 now = time.monotonic()
+                self._watch_stall(now)
+                interval = self.config.progress_interval_s
                 if interval and now - last_t >= interval:
                     m = self.metrics
                     dt = now - last_t
@@ -225,6 +261,8 @@ class Bridge:
             self._client.loop_stop()
         if self._producer is not None:
             self._producer.close(timeout=5)
+        if self._fresh is not None:  # built by the watchdog, never used
+            self._close_producer(self._fresh)
         if self.metrics_server is not None:
             self.metrics_server.close()
         m = self.metrics
@@ -238,24 +276,29 @@ class Bridge:
 
     # --- adapters --------------------------------------------------------------------------
 
-    def _connect_kafka(self) -> Any:
+    def _new_producer(self) -> Any:
         from kafka import KafkaProducer
+
+        return KafkaProducer(
+            bootstrap_servers=self.settings.kafka.bootstrap.split(","),
+            client_id=f"{self.settings.mqtt.bridge_client_id}-producer",
+            acks="all",
+            enable_idempotence=True,
+            max_in_flight_requests_per_connection=5,
+            linger_ms=self.config.linger_ms,
+            batch_size=self.config.batch_size,
+            max_block_ms=10_000,
+            reconnect_backoff_max_ms=self.config.reconnect_backoff_max_ms,
+            metrics_enabled=False,
+        )
+
+    def _connect_kafka(self) -> Any:
         from kafka.errors import KafkaError
 
         delay = 0.5
         while not self._stop.is_set():
             try:
-                return KafkaProducer(
-                    bootstrap_servers=self.settings.kafka.bootstrap.split(","),
-                    client_id=f"{self.settings.mqtt.bridge_client_id}-producer",
-                    acks="all",
-                    enable_idempotence=True,
-                    max_in_flight_requests_per_connection=5,
-                    linger_ms=self.config.linger_ms,
-                    batch_size=self.config.batch_size,
-                    max_block_ms=10_000,
-                    metrics_enabled=False,
-                )
+                return self._new_producer()
             except KafkaError as exc:
                 log.warning(
                     "Kafka %s not reachable (%s); retrying", self.settings.kafka.bootstrap, exc
@@ -372,23 +415,98 @@ class Bridge:
 
     def _send(self, pending: Pending, record: KafkaRecord) -> None:
         topic, key, value = record
+        with self._send_lock:
+            sid, gen = self._outstanding.add(pending, record)
+            producer = self._producer
+        self.metrics.outstanding.set(len(self._outstanding))
         try:
-            future = self._producer.send(topic, key=key, value=value)
+            future = producer.send(topic, key=key, value=value)
         except Exception as exc:  # buffer full / no metadata within max_block_ms
-            self._on_failed(pending, record, exc)
+            self._on_failed(sid, gen, exc)
             return
-        future.add_callback(self._on_sent, pending)
-        future.add_errback(self._on_failed, pending, record)
+        future.add_callback(self._on_sent, sid, gen)
+        future.add_errback(self._on_failed, sid, gen)
 
-    def _on_sent(self, pending: Pending, metadata: Any) -> None:
+    def _on_sent(self, sid: int, gen: int, metadata: Any) -> None:
+        item = self._outstanding.take(sid, gen)
+        if item is None:
+            return  # answer of a replaced producer: the record was re-sent
+        self._watch.progress(time.monotonic())
+        self.metrics.outstanding.set(len(self._outstanding))
         self.metrics.produced.inc()
-        self._record_done(pending, 1)
+        self._record_done(item[0], 1)
 
-    def _on_failed(self, pending: Pending, record: KafkaRecord, exc: BaseException) -> None:
+    def _on_failed(self, sid: int, gen: int, exc: BaseException) -> None:
+        item = self._outstanding.take(sid, gen)
+        if item is None:
+            return
+        self.metrics.outstanding.set(len(self._outstanding))
+        pending, record = item
         self.metrics.kafka_errors.labels(type(exc).__name__).inc()
         log.warning("Kafka send to %s failed (%s); re-sending", record[0], exc)
         self._retries.append((time.monotonic() + self.config.retry_backoff_s, pending, record))
         self.metrics.retrying.set(len(self._retries))
+
+    def _watch_stall(self, now: float) -> None:
+        """Replace the producer when records are outstanding and none was acknowledged for
+        ``stall_timeout_s`` (see the module docstring).  Runs on the housekeeping thread."""
+        if self._builder is not None:
+            if self._builder.is_alive():
+                return
+            self._builder, fresh, self._fresh = None, self._fresh, None
+            if fresh is not None:
+                self._swap(fresh, now)
+            return
+        busy = bool(len(self._outstanding) or self._retries)
+        if self._producer is None or not self._watch.stalled(now, busy):
+            return
+        self._builder = threading.Thread(
+            target=self._build_producer, name="producer-builder", daemon=True
+        )
+        self._builder.start()
+
+    def _build_producer(self) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            self._fresh = self._new_producer()
+        except KafkaError as exc:
+            self._watch.progress(time.monotonic())  # try again after another timeout
+            log.warning("the Kafka producer stalled; a new one cannot connect yet (%s)", exc)
+
+    def _swap(self, fresh: Any, now: float) -> None:
+        """Put ``fresh`` in place of the stalled producer, unless the old one recovered
+        while ``fresh`` was being built; re-send what the old one still owes."""
+        if not self._watch.stalled(now, bool(len(self._outstanding) or self._retries)):
+            self._close_producer(fresh)  # the old one answered meanwhile: keep it
+            return
+        with self._send_lock:
+            old, self._producer = self._producer, fresh
+            stranded = self._outstanding.replace()
+        stalled_for = now - self._watch.last_progress
+        self._watch.progress(now)
+        self.metrics.producer_resets.inc()
+        log.error(
+            "no Kafka acknowledgement for %.1f s: producer replaced; re-sending %d "
+            "outstanding records (%d more wait to be re-sent)",
+            stalled_for,
+            len(stranded),
+            len(self._retries),
+        )
+        # A wedged producer may not close promptly: let it go on its own thread.
+        threading.Thread(
+            target=self._close_producer, args=(old,), name="close-stalled", daemon=True
+        ).start()
+        for pending, record in stranded:
+            self._send(pending, record)
+        self._resend_due(force=True)
+
+    @staticmethod
+    def _close_producer(producer: Any) -> None:
+        try:
+            producer.close(timeout=0)
+        except Exception as exc:  # it is being discarded; nothing more to do with it
+            log.debug("closing a discarded producer: %s", exc)
 
     def _record_done(self, pending: Pending, records: int) -> None:
         with self._ack_lock:  # one releaser at a time keeps PUBACKs in receive order

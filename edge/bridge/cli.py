@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   citystream bridge --metrics-port 9108 --progress-interval 5
   CITYSTREAM_MQTT__PORT=1883 CITYSTREAM_KAFKA__BOOTSTRAP_SERVERS=k1:9092 citystream bridge
   citystream bridge --client-id bridge-b   # a second instance with its own session
+  citystream bridge --stall-timeout 10     # replace a producer that hangs after 10 s
 """
 
 
@@ -44,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="Kafka producer linger for batching (default: %(default)s)",
     )
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="replace the Kafka producer when records are outstanding and none was "
+        "acknowledged for S seconds, 0 = never (default: %(default)s)",
+    )
     add_worker_arguments(parser, progress=True)
 
 
@@ -61,6 +70,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         receive_maximum=args.receive_maximum,
         linger_ms=args.linger_ms,
         progress_interval_s=args.progress_interval,
+        stall_timeout_s=args.stall_timeout,
     )
     bridge = create_bridge(settings, config, metrics_port=args.metrics_port)
 

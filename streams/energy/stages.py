@@ -59,8 +59,16 @@ class _EnergyStage(ConsumerLoop):
         if self._directory is None or now - self._loaded_at >= self.reload_s:
             import psycopg
 
-            with psycopg.connect(self.settings.db.dsn) as conn:
-                self._directory = load_directory(conn)
+            try:
+                with psycopg.connect(self.settings.db.dsn) as conn:
+                    self._directory = load_directory(conn)
+            except psycopg.Error as exc:
+                if self._directory is None:
+                    raise
+                # The DB is away (restarting): keep routing with the directory we have.
+                log.warning(
+                    "%s: meter directory reload failed, keeping the last one: %s", self.name, exc
+                )
             self._loaded_at = now
         return self._directory
 
