@@ -263,6 +263,18 @@ PLUGINS: tuple[tuple[tuple[str, ...], str, str, tuple[str, ...]], ...] = (
         ),
     ),
     (
+        ("edge", "camera"),
+        "edge.camera.cli",
+        "Run an edge camera agent: video file, RTSP stream, device or simulator -> JPEG "
+        "frames on Kafka camera.frames (drop-oldest under backpressure).",
+        (
+            "citystream edge camera --camera-id cam-1 --source video.mp4 --fps 10 --width 640",
+            "citystream edge camera --camera-id cam-7 --source rtsp://10.0.0.7/stream1 "
+            '--blur "0,0 200,0 200,80 0,80"',
+            "citystream edge camera --camera-id cam-sim --source sim --duration 600",
+        ),
+    ),
+    (
         ("energy", "backtest"),
         "streams.energy.backtest",
         "Rolling-origin day-ahead backtest of our load forecaster against the baselines a "
@@ -289,6 +301,67 @@ PLUGINS: tuple[tuple[tuple[str, ...], str, str, tuple[str, ...]], ...] = (
         "simulators.meters.cli",
         "Write a simulated city's districts, feeders and meters to the reference tables.",
         ("citystream sim meters-seed --meters 3000 --seed 0",),
+    ),
+    (
+        ("sim", "intersection"),
+        "simulators.intersection.cli",
+        "Run a simulated intersection: camera frames to Kafka, signal phases to MQTT, plans "
+        "applied from MQTT, ground truth and captures alongside.",
+        (
+            "citystream sim intersection --intersection-id int-1",
+            "citystream sim intersection --duration 600 --speed 0 --truth int-1.truth.jsonl",
+            "citystream sim intersection --duration 300 --speed 0 --no-publish --no-register "
+            "--capture int-1.cap",
+        ),
+    ),
+    (
+        ("vision", "worker"),
+        "streams.vision.cli",
+        "Run a vision worker: camera.frames -> batched YOLO detection across cameras -> "
+        "per-camera ByteTrack tracks with ground positions and speeds -> traffic.tracks; "
+        "camera health (frozen, black, occluded, shifted) -> traffic.alerts.",
+        (
+            "citystream vision worker",
+            "citystream vision worker --device cuda:0 --batch-max 64 --metrics-port 9112",
+            "citystream vision worker --weights /srv/models/city-yolo11s.pt",
+        ),
+    ),
+    (
+        ("vision", "train"),
+        "streams.vision.train",
+        "Train the project's own YOLO detector on a labelled dataset generated from the "
+        "intersection simulator; writes the weights, metrics.json and a MODEL_CARD.md "
+        "(data, settings, per-class mAP on held-out simulator runs).",
+        (
+            "citystream vision train --out runs/vision --frames 1200 --time-min 30",
+            "citystream vision train --out runs/ft --model runs/vision/citystream-sim-yolo11n.pt "
+            "--epochs 5",
+            "citystream vision train --out runs/gpu --frames 8000 --epochs 60 --device cuda",
+        ),
+    ),
+    (
+        ("traffic", "worker"),
+        "streams.traffic.cli",
+        "Run a traffic worker: tracks + frames + signal phases -> violations with evidence "
+        "bundles (traffic.violations), lane counts (traffic.counts) and Webster signal-timing "
+        "advice (signal.recommendations).",
+        (
+            "citystream traffic worker",
+            "citystream traffic worker --evidence-dir /srv/evidence --metrics-port 9113",
+            "citystream traffic worker --idle-flush 5 --signal-lookback 7200",
+        ),
+    ),
+    (
+        ("traffic", "evaluate"),
+        "streams.traffic.evaluate",
+        "Run a simulator scenario through the real stack end to end (private Kafka, Mosquitto, "
+        "TimescaleDB; bridge, vision, traffic and sink workers) and score it against ground "
+        "truth: precision/recall per violation type, count error per lane, speed MAE.",
+        (
+            "citystream traffic evaluate --scenario default",
+            "citystream traffic evaluate --scenario night --seed 3 --duration 600",
+            "citystream traffic evaluate --demand 3000 --json > report.json",
+        ),
     ),
     (
         ("record",),

@@ -1,10 +1,13 @@
 """``citystream demo``: the whole simulated city through the real pipeline.
 
 Starts the local stack, seeds the simulated city's districts, feeders and meters, starts
-the workers (MQTT bridge, DB sink, energy router/aggregator/forecaster, city map), replays
-``--backfill-days`` of meter readings through a gateway agent as fast as the pipeline takes
-them (so the map has history and forecasts at once), then leaves a live gateway running in
-real time.  Re-running it is safe: the backfill gateway's outbox remembers what it sent.
+the workers (MQTT bridge, DB sink, energy router/aggregator/forecaster, vision and traffic
+workers, city map), starts ``--intersections`` simulated intersections along one street
+(SUMO + a camera each: frames to Kafka, signal phases over MQTT, approved plans applied),
+replays ``--backfill-days`` of meter readings through a gateway agent as fast as the
+pipeline takes them (so the map has history and forecasts at once), then leaves a live
+gateway running in real time.  Re-running it is safe: the backfill gateway's outbox
+remembers what it sent, and the reference rows are upserts.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import secrets
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from citystream.settings import Settings
 
@@ -28,6 +32,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=7,
         help="days of history sent before going live (default: %(default)s)",
     )
+    parser.add_argument(
+        "--intersections",
+        type=int,
+        default=2,
+        help="simulated camera intersections along one street, 0 = none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--camera-fps",
+        type=float,
+        default=5.0,
+        help="frames/s of each simulated camera; YOLO runs on CPU here (default: %(default)s)",
+    )
+
+
+#: The demo street: first junction and the step between junctions (about 330 m east).
+STREET_ORIGIN = (106.6985, 10.7765)
+STREET_STEP_DEG = 0.003
+
+
+def intersection_workers(n: int, fps: float) -> list[Any]:
+    """One supervised ``citystream sim intersection`` per junction of the demo street."""
+    from citystream.stack import workers
+
+    out = []
+    for k in range(n):
+        iid = f"int-{k + 1}"
+        out.append(
+            workers.Worker(
+                f"intersection-{k + 1}",
+                (
+                    "sim",
+                    "intersection",
+                    "--intersection-id",
+                    iid,
+                    "--name",
+                    f"Demo street, junction {k + 1}",
+                    "--lon",
+                    f"{STREET_ORIGIN[0] + k * STREET_STEP_DEG:.5f}",
+                    "--lat",
+                    f"{STREET_ORIGIN[1]:.5f}",
+                    "--seed",
+                    str(k + 1),
+                    "--fps",
+                    str(fps),
+                    "--speed",
+                    "1",
+                ),
+            )
+        )
+    return out
 
 
 def _tokens(settings: Settings) -> list[dict[str, str]]:
@@ -81,6 +135,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         workers.Worker("energy-forecaster", ("energy", "stage", "forecaster", "--interval", "60")),
         workers.Worker("map", ("map",)),
     ]
+    if args.intersections > 0:
+        pipeline += [
+            workers.Worker("vision", ("vision", "worker", "--from-latest")),
+            workers.Worker("traffic", ("traffic", "worker")),
+            *intersection_workers(args.intersections, args.camera_fps),
+        ]
     workers.start(settings, pipeline, env)
     say(f"workers started: {', '.join(w.name for w in pipeline)}")
 

@@ -162,6 +162,54 @@ class CitymapSettings(_Frozen):
     db_pool_size: int = Field(8, ge=1, le=200, description="Database connections of the API")
 
 
+class VisionSettings(_Frozen):
+    """Detection and tracking workers (``citystream vision worker``)."""
+
+    weights: Path | None = Field(
+        None,
+        description="YOLO weights file (.pt); None: the model the project trained on simulator "
+        "frames, shipped in the package (streams/vision/models/)",
+    )
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: CUDA when present, else CPU"
+    )
+    half: bool | None = Field(None, description="fp16 inference (None: on CUDA only)")
+    imgsz: int = Field(
+        0, ge=0, le=4096, description="Inference size (0: the size it was trained at)"
+    )
+    conf: float = Field(0.25, gt=0, lt=1, description="Minimum detection confidence")
+    iou: float = Field(0.5, gt=0, lt=1, description="NMS IoU threshold")
+    batch_max: int = Field(32, ge=1, le=1024, description="Frames per inference batch at most")
+    batch_wait_ms: int = Field(
+        20, ge=0, le=5000, description="How long a worker waits to fill a batch"
+    )
+    decode_threads: int = Field(4, ge=1, le=128, description="CPU JPEG decode threads")
+    gpu_decode: bool | None = Field(
+        None, description="Decode JPEG on the GPU (torchvision.io.decode_jpeg); None: on CUDA"
+    )
+
+
+class TrafficSettings(_Frozen):
+    """Traffic rules/analytics workers (``citystream traffic worker``)."""
+
+    evidence_dir: Path | None = Field(
+        None, description="Where evidence bundles are stored (None: <state_dir>/evidence)"
+    )
+    count_window_s: int = Field(60, ge=1, le=3600, description="Lane count window")
+    recommend_every_s: int = Field(
+        300, ge=10, le=86400, description="How often signal-timing advice is computed"
+    )
+    track_idle_s: float = Field(
+        3.0, gt=0, le=120, description="A track unseen this long is finished and judged"
+    )
+    frame_buffer_s: float = Field(
+        12.0, gt=0, le=120, description="Seconds of frames kept per camera for evidence"
+    )
+    camera_refresh_s: float = Field(
+        5.0, gt=0, le=3600, description="How often camera calibrations are re-read from the DB"
+    )
+
+
 class Settings(BaseSettings):
     """Everything a CityStream process needs to know about its surroundings."""
 
@@ -183,6 +231,8 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     db: DbSettings = DbSettings()
     citymap: CitymapSettings = CitymapSettings()
+    vision: VisionSettings = VisionSettings()
+    traffic: TrafficSettings = TrafficSettings()
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus-style /metrics port of a worker (0: off)"
     )

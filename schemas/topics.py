@@ -240,6 +240,10 @@ class MqttRoute:
 MQTT_ROUTES: tuple[MqttRoute, ...] = (
     MqttRoute("city/+/meters/+/readings", "meter.readings", id_level=3, id_field="gateway_id"),
     MqttRoute("city/+/signals/+/phase", "signal.phases", id_level=3, id_field="intersection_id"),
+    # the plan a controller runs now (after an approved plan was installed, and at start)
+    MqttRoute(
+        "city/+/signals/+/plan-applied", "signal.plans", id_level=3, id_field="intersection_id"
+    ),
 )
 
 

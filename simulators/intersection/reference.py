@@ -8,10 +8,12 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from citystream.errors import SinkError
 from simulators.intersection.camera import VirtualCamera
+from simulators.intersection.roads import road_features, upsert_road_segments
 from streams.traffic.calibration import Calibration
 
 log = logging.getLogger("citystream.sim.intersection")
@@ -53,10 +55,12 @@ def register_reference(
     placement: Placement,
     properties: dict[str, Any],
     wait_s: float = 30.0,
+    net_file: Path | None = None,
 ) -> tuple[int, Calibration]:
-    """Upsert the intersection and its camera; the camera's ``calibration_version`` goes up by
-    one when the calibration differs from the stored one.  Returns the version and the
-    calibration as stored.  Retries a database that is not reachable for ``wait_s``."""
+    """Upsert the intersection and its camera (and, given the SUMO ``net_file``, its road
+    segments for the map); the camera's ``calibration_version`` goes up by one when the
+    calibration differs from the stored one.  Returns the version and the calibration as
+    stored.  Retries a database that is not reachable for ``wait_s``."""
     import psycopg
 
     deadline = time.monotonic() + wait_s
@@ -64,7 +68,12 @@ def register_reference(
     while True:
         try:
             with psycopg.connect(dsn, connect_timeout=10) as conn:
-                return _register(conn, calibration, camera, placement, properties)
+                got = _register(conn, calibration, camera, placement, properties)
+                if net_file is not None:
+                    origin = (placement.lon, placement.lat)
+                    features = road_features(net_file, calibration.intersection_id, origin)
+                    upsert_road_segments(conn, features)
+                return got
         except psycopg.OperationalError as exc:
             if time.monotonic() + delay > deadline:
                 raise SinkError(f"cannot register the camera in the database: {exc}") from exc

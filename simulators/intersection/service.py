@@ -230,6 +230,7 @@ class IntersectionService:
                 self.scene.camera,
                 cfg.placement,
                 {"simulated": True, "seed": cfg.seed, "source": "citystream sim intersection"},
+                net_file=self.scene.sim.net_file,
             )
             log.info(
                 "registered intersection %s and camera %s (calibration version %d)",

@@ -269,6 +269,12 @@ def test_intersection_service_end_to_end(
         (p.changed_at, p.signal_group, p.state) for p in (codec.decode(r.value) for r in records)
     ) == sorted((p.changed_at, p.signal_group, p.state) for p in truth_phases)
 
+    # the plans the controller ran (the initial one, then the approved one) reach Kafka
+    # signal.plans through the bridge: the traffic worker and the map know the plan in force
+    ran = stack.consume("signal.plans", count=2, timeout_s=30, where=_keyed(iid))
+    plan_codec = JsonCodec(SignalPlan)
+    assert [plan_codec.decode(r.value).plan_id for r in ran][-1] == plan.plan_id
+
     # the camera in the reference tables, with its calibration
     with stack.db() as conn:
         row = conn.execute(
@@ -283,6 +289,11 @@ def test_intersection_service_end_to_end(
     assert stored.camera_id == cam and stored.calibration_version == "1"
     assert stored.image_size == (320, 180) and stored.approach_lanes
     assert truth[0]["calibration"] == row[3]
+    with stack.db() as conn:
+        edges = conn.execute(
+            "SELECT properties->>'edge' FROM road_segments WHERE intersection_id = %s", (iid,)
+        ).fetchall()
+    assert sorted(e for (e,) in edges) == sorted(f"{a}_{d}" for a in "NESW" for d in ("in", "out"))
     # registering the same calibration again keeps the version; a changed one bumps it
     from simulators.intersection.camera import VirtualCamera
 

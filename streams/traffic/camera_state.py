@@ -1,0 +1,237 @@
+"""Everything the traffic worker keeps per camera, without I/O.
+
+A :class:`CameraState` holds the camera's open tracks (:class:`TrackStore`), its lane counter
+(:class:`LaneCounter`) and its last seconds of frames (:class:`FrameRing`).  Feed it the
+camera's ``TrackBatch`` es and frames in time order; it
+
+* counts lanes per window (:meth:`add_batch` returns the rows of closed windows);
+* judges a track once it has been unseen for ``track_idle_s`` (event time) with every rule
+  (:meth:`expire`), and builds an :class:`~streams.traffic.evidence.Evidence` for each
+  violation: frames before/after, a crop of the vehicle, its trajectory, the signal states,
+  the calibration and the model version;
+* because a track is judged only after it ended, frames around a violation early in a long
+  track (a vehicle stopped for a minute) would have left the ring by then: every
+  ``snapshot_every_s`` it evaluates the rules on the *open* tracks and keeps the frames
+  around each candidate (:meth:`tick`); the judgement uses whichever set is closer in time.
+
+Replays after a crash start at the first record of the oldest open track, so a track that
+was already judged may be replayed in part: :attr:`judged` (restored by the worker after a
+restart) holds the last time of each judged track, and observations up to it are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from schemas.messages import LaneCount, SignalState, TrackBatch, ViolationKind
+from streams.traffic.calibration import Calibration
+from streams.traffic.counts import LaneCounter, Observation
+from streams.traffic.evidence import Evidence, FrameRing, TimedFrame, crop_jpeg
+from streams.traffic.rules import RuleViolation, evaluate_all
+from streams.traffic.signals import SignalTimeline
+from streams.traffic.tracks import TrackHistory, TrackStore
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    track_idle_s: float = 3.0
+    count_window_s: int = 60
+    frame_buffer_s: float = 12.0
+    frames_each_side: int = 3
+    snapshot_every_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Effect of one batch: ``accepted`` False for a stale/duplicate frame."""
+
+    accepted: bool
+    new_tracks: tuple[int, ...] = ()
+    new_window: bool = False
+    counts: tuple[LaneCount, ...] = ()
+
+
+@dataclass(frozen=True)
+class Judged:
+    violation: RuleViolation
+    evidence: Evidence
+
+
+@dataclass(frozen=True)
+class Expired:
+    closed: tuple[TrackHistory, ...] = ()
+    judged: tuple[Judged, ...] = ()
+
+
+@dataclass
+class _Snapshot:
+    t: float
+    before: list[TimedFrame]
+    after: list[TimedFrame]
+
+
+def signal_states(signals: SignalTimeline, t: float) -> dict[str, object]:
+    """The state of every known signal group at ``t`` and since when (for evidence)."""
+    groups: dict[str, object] = {}
+    for g in signals.groups:
+        since = signals.since(g, t)
+        if since is not None:
+            groups[g] = {"state": str(since[0]), "since_t": round(since[1], 3)}
+    return {"t": round(t, 4), "groups": groups}
+
+
+def _near(frames: Sequence[TimedFrame], t: float, span: float = 2.0) -> int:
+    return sum(1 for f in frames if abs(f.t - t) <= span)
+
+
+@dataclass
+class CameraState:
+    """Per-camera tracks, counts and frames of the traffic worker (see the module doc)."""
+
+    calibration: Calibration
+    config: StateConfig = field(default_factory=StateConfig)
+    #: the intersection's signals (lane counts of arrivals on red read them)
+    signals: SignalTimeline | None = None
+    model_version: str = "unknown"
+    now: float = -math.inf
+    frames_now: float = -math.inf
+    window_start: float | None = None
+    #: open track id -> time first seen
+    open: dict[int, float] = field(default_factory=dict)
+    #: judged track id -> its last time, restored after a restart: observations of the
+    #: track up to that time are a replay of a track already judged
+    judged: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cal, cfg = self.calibration, self.config
+        self.store = TrackStore(cal.camera_id)
+        self.counter = LaneCounter(cal, window_s=cfg.count_window_s, signals=self.signals)
+        self.ring = FrameRing(cfg.frame_buffer_s)
+        self._snapshots: dict[tuple[int, ViolationKind], _Snapshot] = {}
+        self._next_tick = -math.inf
+
+    @property
+    def camera_id(self) -> str:
+        return self.calibration.camera_id
+
+    # --- input ---------------------------------------------------------------------------
+    def add_batch(self, batch: TrackBatch) -> BatchResult:
+        t = batch.captured_at.timestamp()
+        if t <= self.now:
+            return BatchResult(False)
+        self.now = t
+        self.model_version = batch.model_version
+        if self.judged and min(self.judged.values()) < t:
+            self.judged = {k: v for k, v in self.judged.items() if v >= t}
+        kept = [
+            o
+            for o in batch.tracks
+            if o.ground_xy is not None and not t <= self.judged.get(o.track_id, -math.inf)
+        ]
+        new = tuple(o.track_id for o in kept if o.track_id not in self.open)
+        for tid in new:
+            self.open[tid] = t
+        self.store.add(batch.model_copy(update={"tracks": kept}))
+        w = self.config.count_window_s
+        start = math.floor(t / w) * w
+        new_window = start != self.window_start
+        self.window_start = start
+        counts = self.counter.add_frame(
+            t,
+            [
+                Observation(o.track_id, o.vehicle_class, o.ground_xy, o.speed_kmh)
+                for o in kept
+                if o.ground_xy is not None
+            ],
+        )
+        return BatchResult(True, new, new_window, tuple(counts))
+
+    def add_frame(self, t: float, jpeg: bytes) -> bool:
+        if t <= self.frames_now:
+            return False
+        self.frames_now = t
+        self.ring.add(t, jpeg)
+        return True
+
+    # --- snapshots of evidence frames ----------------------------------------------------
+    def tick(self, signals: SignalTimeline) -> int:
+        """Keep the frames around candidate violations of open tracks; returns how many
+        candidates there are.  Runs at most every ``snapshot_every_s`` of event time."""
+        if self.now < self._next_tick or not self.open or not math.isfinite(self.frames_now):
+            return len(self._snapshots)  # nothing due, nothing open, or no frames to keep
+        self._next_tick = self.now + self.config.snapshot_every_s
+        n = self.config.frames_each_side
+        for v in evaluate_all(self.store.histories(), self.calibration, signals):
+            key = (v.track_id, v.kind)
+            snap = self._snapshots.get(key)
+            if snap is None or abs(snap.t - v.t) > 0.5:
+                before, after = self.ring.around(v.t, n, n)
+                if before or snap is None:
+                    self._snapshots[key] = _Snapshot(v.t, before, after)
+            elif len(snap.after) < n:
+                _, after = self.ring.around(snap.t, 0, n)
+                if len(after) > len(snap.after):
+                    snap.after = after
+        return len(self._snapshots)
+
+    # --- judgement -----------------------------------------------------------------------
+    def expire(self, signals: SignalTimeline, *, flush: bool = False) -> Expired:
+        """Judge the tracks unseen for ``track_idle_s`` (all open tracks with ``flush``)."""
+        now = math.inf if flush else self.now
+        closed = self.store.expire(now, self.config.track_idle_s)
+        if not closed:
+            return Expired()
+        for h in closed:
+            self.open.pop(h.track_id, None)
+        by_id = {h.track_id: h for h in closed}
+        judged = tuple(
+            Judged(v, self._evidence(v, by_id[v.track_id], signals))
+            for v in evaluate_all(closed, self.calibration, signals)
+        )
+        gone = set(by_id)
+        self._snapshots = {k: s for k, s in self._snapshots.items() if k[0] not in gone}
+        return Expired(tuple(closed), judged)
+
+    def flush_counts(self) -> list[LaneCount]:
+        self.window_start = None
+        return self.counter.flush()
+
+    def _frames(self, v: RuleViolation) -> tuple[list[TimedFrame], list[TimedFrame]]:
+        n = self.config.frames_each_side
+        before, after = self.ring.around(v.t, n, n)
+        snap = self._snapshots.get((v.track_id, v.kind))
+        if snap is not None and _near(snap.before + snap.after, v.t) > _near(before + after, v.t):
+            return snap.before, snap.after
+        return before, after
+
+    def _evidence(self, v: RuleViolation, track: TrackHistory, signals: SignalTimeline) -> Evidence:
+        before, after = self._frames(v)
+        crop = None
+        frames = before + after
+        if frames and len(track.bbox):
+            f = min(frames, key=lambda fr: abs(fr.t - v.t))
+            k = int(np.argmin(np.abs(track.t - f.t)))
+            try:
+                crop = crop_jpeg(f.jpeg, [float(c) for c in track.bbox[k]])
+            except ValueError:
+                crop = None  # box outside the frame or a damaged JPEG: the frames remain
+        signal = signal_states(signals, v.t)
+        group = v.details.get("signal_group")
+        if isinstance(group, str):
+            state = signals.state_at(group, v.t)
+            signal["violated_group"] = group
+            signal["violated_state"] = str(state or SignalState.off)
+        return Evidence(
+            violation=v,
+            track=track,
+            calibration=self.calibration,
+            model_version=self.model_version,
+            frames_before=before,
+            frames_after=after,
+            crop=crop,
+            signal=signal,
+        )

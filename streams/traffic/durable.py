@@ -1,0 +1,71 @@
+"""What the traffic worker keeps on disk besides Kafka offsets.
+
+* Evidence bundles (:func:`keep_evidence`): written once per violation id.  A replay judges
+  the same violation again; its bundle is then reused, not rewritten, because the hash of the
+  first one may already be in the DB (the sink keeps the first row of a key).
+* The restart state (:class:`StateFile`): tracks judged since the commit point (a replay
+  must not judge their tails again) and the advice periods already finished.  Written
+  atomically before every commit, read at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from streams.traffic.camera_state import Judged
+from streams.traffic.evidence import store_bundle, verify_bundle
+
+log = logging.getLogger(__name__)
+
+Judgements = dict[str, dict[int, float]]  # camera -> track id -> last time judged
+
+
+def keep_evidence(root: Path, judged: Judged) -> tuple[str, str]:
+    """Store the bundle of ``judged`` under ``root`` unless an intact one exists; returns
+    its URI (relative to ``root``) and SHA-256."""
+    v = judged.violation
+    rel = Path(v.camera_id) / f"{v.violation_id}.zip"
+    path = root / rel
+    if path.exists():
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        if verify_bundle(path, sha):
+            return rel.as_posix(), sha
+        log.warning("evidence %s is damaged; writing it again", path)
+    stored = store_bundle(root, judged.evidence)
+    return stored.uri, stored.sha256
+
+
+class StateFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> tuple[Judgements, dict[str, float]]:
+        """Judged tracks and finished advice periods (intersection -> end) as last saved."""
+        try:
+            data = json.loads(self.path.read_text())
+            judged = {
+                cid: {int(k): float(v) for k, v in tracks.items()}
+                for cid, tracks in data["judged"].items()
+            }
+            done = {str(k): float(v) for k, v in data.get("advice_done", {}).items()}
+            return judged, done
+        except FileNotFoundError:
+            return {}, {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable %s: %s", self.path, exc)
+            return {}, {}
+
+    def save(self, judged: Mapping[str, Mapping[int, float]], done: Mapping[str, float]) -> None:
+        doc = {
+            "v": 1,
+            "judged": {c: {str(k): t for k, t in ts.items()} for c, ts in judged.items() if ts},
+            "advice_done": dict(done),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, sort_keys=True))
+        tmp.replace(self.path)

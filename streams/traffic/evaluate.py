@@ -1,0 +1,507 @@
+"""``citystream traffic evaluate``: a simulator scenario through the real stack, end to end,
+scored against the simulator's ground truth.
+
+1. starts a private stack (Kafka, Mosquitto, TimescaleDB) in a temporary state dir on free
+   loopback ports, creates the topics and applies the migrations;
+2. starts the pipeline as separate processes, exactly as deployed: the MQTT->Kafka bridge,
+   the vision worker (YOLO + tracker), the traffic worker (rules, counts, advice) and the DB
+   sink;
+3. runs the intersection simulator (SUMO + virtual camera) for ``--duration`` simulated
+   seconds at ``--speed``: frames to Kafka, signal phases over MQTT, truth to a file;
+4. waits until every worker has consumed and committed everything, then reads what landed
+   in TimescaleDB (violations, lane counts) and on ``traffic.tracks`` (for speeds);
+5. scores: precision and recall per violation type (a detection matches a true violation of
+   the same type within ``--tolerance`` s), count error per lane over the run, and the speed
+   MAE of detected tracks associated with true vehicles by box overlap.
+
+The pure scoring lives in :mod:`streams.traffic.scoring`; this module only orchestrates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from citystream.settings import DbSettings, KafkaSettings, MqttSettings, Settings
+from citystream.table import format_table
+from streams.traffic.scoring import (
+    Box,
+    Event,
+    KindScore,
+    LaneError,
+    associate_tracks,
+    count_errors,
+    match_violations,
+    speed_errors,
+)
+
+log = logging.getLogger("citystream.traffic.evaluate")
+
+#: The aims of the issue, printed next to the figures.
+AIMS = {"precision": 0.95, "recall": 0.90, "count_error": 0.05, "speed_mae_kmh": 3.0}
+KINDS = ("red_light", "speeding", "wrong_way", "illegal_stop", "bus_lane")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    description: str
+    sim_args: tuple[str, ...] = ()
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "default": Scenario("weekday morning in daylight, default demand and violator rates"),
+    "dusk": Scenario(
+        "the default traffic at dusk (darker, noisier frames)", ("--lighting", "dusk")
+    ),
+    "night": Scenario("the default traffic at night", ("--lighting", "night")),
+    "violators": Scenario(
+        "three times the default violator rates (more events per minute)", ("--violators", "3")
+    ),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default="default",
+        help="; ".join(f"{k}: {v.description}" for k, v in SCENARIOS.items()),
+    )
+    parser.add_argument("--seed", type=int, default=1, help="simulation seed (default: 1)")
+    parser.add_argument(
+        "--duration", type=float, default=300.0, metavar="S", help="simulated seconds (300)"
+    )
+    parser.add_argument(
+        "--demand",
+        type=float,
+        default=None,
+        metavar="VEH_PER_HOUR",
+        help="total demand over the four arms (default: the scenario's, 2,450 veh/h)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="simulation speed; 1 = real time (the camera's pace), 0 = as fast as possible "
+        "(default: 1)",
+    )
+    parser.add_argument("--fps", type=float, default=10.0, help="camera frames/s (default: 10)")
+    parser.add_argument("--width", type=int, default=640, help="frame width, px (default: 640)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="a detected violation matches a true one within this many seconds (3)",
+    )
+    parser.add_argument(
+        "--keep", type=Path, default=None, metavar="DIR", help="keep logs, truth and state here"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+# --- the private stack and the pipeline ----------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def private_settings(base: Settings, state_dir: Path) -> Settings:
+    """``base`` with its own state dir and embedded services on free loopback ports."""
+    return base.model_copy(
+        update={
+            "state_dir": state_dir,
+            "kafka": KafkaSettings(port=_free_port(), controller_port=_free_port()),
+            "mqtt": MqttSettings(port=_free_port()),
+            "db": DbSettings(port=_free_port()),
+        }
+    )
+
+
+def _env(s: Settings) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CITYSTREAM_")},
+        "CITYSTREAM_STATE_DIR": str(s.state_dir),
+        "CITYSTREAM_KAFKA__PORT": str(s.kafka.port),
+        "CITYSTREAM_KAFKA__CONTROLLER_PORT": str(s.kafka.controller_port),
+        "CITYSTREAM_MQTT__PORT": str(s.mqtt.port),
+        "CITYSTREAM_DB__PORT": str(s.db.port),
+    }
+
+
+class Pipeline:
+    """The workers as child processes (``python -m citystream.cli ...``), logs in ``logs``."""
+
+    #: name -> (consumer group, the topics it must have drained, command)
+    WORKERS: dict[str, tuple[str | None, tuple[str, ...], tuple[str, ...]]] = {
+        "bridge": (None, (), ("bridge",)),
+        "vision": ("eval-vision", ("camera.frames",), ("vision", "worker")),
+        "traffic": (
+            "eval-traffic",
+            ("traffic.tracks", "camera.frames"),
+            ("traffic", "worker", "--idle-flush", "5"),
+        ),
+        "sink": ("eval-sink", ("traffic.violations", "traffic.counts"), ("sink",)),
+    }
+
+    def __init__(self, settings: Settings, logs: Path) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with (self.logs / f"{name}.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "citystream.cli", *args],
+                env=_env(self.settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        for name, (group, _, args) in self.WORKERS.items():
+            self.spawn(name, *args, *(("--group-id", group) if group else ()))
+
+    @classmethod
+    def groups(cls) -> dict[str, list[str]]:
+        return {g: list(topics) for g, topics, _ in cls.WORKERS.values() if g}
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            if name != "sim" and proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# --- reading results -------------------------------------------------------------------------
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def read_truth(path: Path) -> dict[str, Any]:
+    """Violations, per-frame boxes (by frame seq) and lane totals from the truth file."""
+    violations: list[Event] = []
+    frames: dict[int, list[Box]] = {}
+    lanes: dict[str, int] = defaultdict(int)
+    meta: dict[str, Any] = {}
+    with path.open() as f:
+        for line in f:
+            rec = json.loads(line)
+            kind = rec["kind"]
+            if kind == "violation":
+                violations.append(
+                    Event(rec["violation"], _ts(rec["occurred_at"]), str(rec["track_id"]))
+                )
+            elif kind == "frame":
+                frames[rec["seq"]] = [
+                    Box(o["track_id"], tuple(o["bbox"]), o["speed_kmh"]) for o in rec["objects"]
+                ]
+            elif kind == "lane_count":
+                lanes[rec["lane_id"]] += rec["count"]
+            elif kind == "meta":
+                meta = rec
+    return {"violations": violations, "frames": frames, "lanes": dict(lanes), "meta": meta}
+
+
+def read_tracks(settings: Settings, camera_id: str) -> dict[int, list[Box]]:
+    """Every TrackBatch of ``camera_id`` on ``traffic.tracks``, as boxes by frame seq."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from schemas.messages import TrackBatch
+    from schemas.topics import TOPICS
+
+    topic = TOPICS["traffic.tracks"]
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    out: dict[int, list[Box]] = {}
+    try:
+        tps = [TopicPartition(topic.name, p) for p in consumer.partitions_for_topic(topic.name)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            for msgs in consumer.poll(timeout_ms=1000).values():
+                for m in msgs:
+                    batch = topic.codec.decode(m.value)
+                    assert isinstance(batch, TrackBatch)
+                    if batch.camera_id != camera_id:
+                        continue
+                    out[batch.frame_seq] = [
+                        Box(
+                            o.track_id,
+                            (o.bbox.x1, o.bbox.y1, o.bbox.x2, o.bbox.y2),
+                            o.speed_kmh,
+                        )
+                        for o in batch.tracks
+                    ]
+    finally:
+        consumer.close()
+    return out
+
+
+def read_db(settings: Settings, intersection_id: str) -> dict[str, Any]:
+    import psycopg
+
+    with psycopg.connect(settings.db.dsn) as conn:
+        violations = conn.execute(
+            "SELECT kind, occurred_at, violation_id, evidence_uri, evidence_sha256 "
+            "FROM violations WHERE intersection_id = %s ORDER BY occurred_at",
+            (intersection_id,),
+        ).fetchall()
+        lanes = conn.execute(
+            "SELECT lane_id, sum(count)::int FROM traffic_counts "
+            "WHERE intersection_id = %s GROUP BY lane_id",
+            (intersection_id,),
+        ).fetchall()
+    return {
+        "violations": [Event(k, t.timestamp(), vid) for k, t, vid, _, _ in violations],
+        "evidence": [(uri, sha) for _, _, _, uri, sha in violations],
+        "lanes": {lane: n for lane, n in lanes},
+    }
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def report(
+    truth: dict[str, Any],
+    db: dict[str, Any],
+    tracks: dict[int, list[Box]],
+    *,
+    tolerance_s: float,
+    horizon: tuple[float, float],
+) -> dict[str, Any]:
+    """Scores of one run; events are scored inside ``horizon`` (start, end) only, so a
+    violation the run cut off on either side counts for neither list."""
+    lo, hi = horizon
+
+    def inside(es: list[Event]) -> list[Event]:
+        return [e for e in es if lo <= e.t <= hi]
+
+    scores = match_violations(inside(truth["violations"]), inside(db["violations"]), tolerance_s)
+    # only the lanes the camera watches (its calibration's approach lanes) can be counted
+    cal_lanes = truth["meta"].get("calibration", {}).get("lanes", [])
+    watched = {lane["lane_id"] for lane in cal_lanes if lane.get("stop_line")}
+    lanes = count_errors(
+        {k: v for k, v in truth["lanes"].items() if k in watched},
+        {k: v for k, v in db["lanes"].items() if k in watched},
+    )
+    pairs = [(truth["frames"][seq], det) for seq, det in tracks.items() if seq in truth["frames"]]
+    mapping = associate_tracks(pairs)
+    errors = speed_errors(pairs, mapping)
+    total_true = sum(e.true for e in lanes)
+    total_measured = sum(e.measured for e in lanes)
+
+    def kind_row(s: KindScore) -> dict[str, Any]:
+        return {
+            "true": s.true,
+            "detected": s.detected,
+            "matched": s.matched,
+            "precision": s.precision,
+            "recall": s.recall,
+        }
+
+    def lane_row(e: LaneError) -> dict[str, Any]:
+        return {"true": e.true, "measured": e.measured, "error": e.error}
+
+    return {
+        "violations": {k: kind_row(scores[k]) for k in sorted(scores)},
+        "lanes": {e.lane_id: lane_row(e) for e in lanes},
+        "count_error_total": abs(total_measured - total_true) / total_true if total_true else None,
+        "count_error_max_lane": max(
+            (e.error for e in lanes if e.error is not None and e.true >= 10), default=None
+        ),
+        "speed_mae_kmh": sum(errors) / len(errors) if errors else None,
+        "speed_observations": len(errors),
+        "tracks_associated": len(mapping),
+        "frames_scored": len(pairs),
+        "aims": AIMS,
+    }
+
+
+def _fmt(x: float | None, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+
+
+def print_report(rep: dict[str, Any]) -> None:
+    rows = [
+        [k, v["true"], v["detected"], v["matched"], _fmt(v["precision"]), _fmt(v["recall"])]
+        for k, v in rep["violations"].items()
+    ]
+    print(format_table(["violation", "true", "detected", "matched", "precision", "recall"], rows))
+    print()
+    rows = [
+        [lane, v["true"], v["measured"], _fmt(v["error"], pct=True)]
+        for lane, v in rep["lanes"].items()
+    ]
+    print(format_table(["lane", "true vehicles", "counted", "error"], rows))
+    print()
+    print(
+        f"count error: total {_fmt(rep['count_error_total'], pct=True)}, worst lane "
+        f"(>= 10 vehicles) {_fmt(rep['count_error_max_lane'], pct=True)} (aim <= 5%)"
+    )
+    mae = rep["speed_mae_kmh"]
+    print(
+        f"speed MAE: {'-' if mae is None else f'{mae:.2f}'} km/h over "
+        f"{rep['speed_observations']} observations of {rep['tracks_associated']} tracks "
+        f"(aim <= 3 km/h)"
+    )
+    if rep.get("run"):
+        r = rep["run"]
+        print(
+            f"run: scenario {r['scenario']}, seed {r['seed']}, {r['duration_s']:.0f} simulated s, "
+            f"{r['frames']} frames, wall {r['wall_s']:.0f} s"
+        )
+
+
+# --- orchestration -------------------------------------------------------------------------------
+
+
+def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[str, Any]:
+    from citystream.capture.lag import wait_for_drain
+    from citystream.db.migrate import migrate
+    from citystream.kafka_topics import ensure_topics
+    from citystream.stack.supervisor import down, up
+
+    settings = private_settings(base, workdir / "state")
+    scenario = SCENARIOS[args.scenario]
+    inter = f"eval-{args.scenario}-{args.seed}"
+    camera = f"{inter}-cam-s"
+    truth_file = workdir / "truth.jsonl"
+    started = time.monotonic()
+
+    def progress(msg: str) -> None:
+        if not args.json:
+            print(msg, file=sys.stderr, flush=True)
+
+    up(settings, progress=lambda msg: progress(f"[stack] {msg}"))
+    pipeline = Pipeline(settings, workdir / "logs")
+    try:
+        ensure_topics(settings.kafka.bootstrap)
+        migrate(settings.db.dsn)
+        pipeline.start()
+        sim_args = [
+            "sim",
+            "intersection",
+            "--intersection-id",
+            inter,
+            "--camera-id",
+            camera,
+            "--seed",
+            str(args.seed),
+            "--duration",
+            str(args.duration),
+            "--speed",
+            str(args.speed),
+            "--fps",
+            str(args.fps),
+            "--width",
+            str(args.width),
+            "--truth",
+            str(truth_file),
+            *scenario.sim_args,
+        ]
+        if args.demand is not None:
+            sim_args += ["--demand", str(args.demand)]
+        progress(f"running scenario {args.scenario!r} for {args.duration:.0f} simulated s ...")
+        sim = pipeline.spawn("sim", *sim_args)
+        while sim.poll() is None:
+            pipeline.check()
+            time.sleep(1.0)
+        if sim.returncode != 0:
+            tail = (pipeline.logs / "sim.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the simulator exited with {sim.returncode}:\n{tail}")
+        progress("simulation done; waiting for the pipeline to drain ...")
+        groups = Pipeline.groups()
+        # vision on CPU may run behind the camera: allow it the run's length again, and more
+        budget = 120.0 + 3.0 * args.duration * args.fps / 10.0
+        wait_for_drain(settings.kafka.bootstrap, groups, timeout_s=budget, settle_s=5.0)
+        # the traffic worker judges the tracks still open once idle (--idle-flush 5 s)
+        time.sleep(10.0)
+        wait_for_drain(settings.kafka.bootstrap, groups, timeout_s=120.0, settle_s=5.0)
+        pipeline.check()
+        truth = read_truth(truth_file)
+        db = read_db(settings, inter)
+        tracks = read_tracks(settings, camera)
+    finally:
+        pipeline.stop()
+        down(settings)
+    start = _ts(truth["meta"]["start"]) if "start" in truth["meta"] else 0.0
+    rep = report(
+        truth,
+        db,
+        tracks,
+        tolerance_s=args.tolerance,
+        # the first seconds (tracks not yet long enough) and the last (tracks cut off by
+        # the end of the run) cannot be judged the same way by the pipeline and the truth
+        horizon=(start + 5.0, start + args.duration - 10.0),
+    )
+    rep["evidence_files"] = sum(1 for uri, _ in db["evidence"] if _evidence_path(uri).exists())
+    rep["run"] = {
+        "scenario": args.scenario,
+        "seed": args.seed,
+        "duration_s": args.duration,
+        "demand_veh_h": args.demand,
+        "frames": len(truth["frames"]),
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    return rep
+
+
+def _evidence_path(uri: str) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    return Path(unquote(urlparse(uri).path))
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.duration < 30:
+        print("citystream traffic evaluate: --duration must be at least 30 s", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="citystream-eval-"))
+    try:
+        rep = evaluate(args, settings, workdir)
+    finally:
+        if args.keep is not None:
+            shutil.copytree(workdir, args.keep, dirs_exist_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        print_report(rep)
+    return 0

@@ -1,0 +1,304 @@
+"""Frames of many cameras -> one detector batch -> per-camera tracks, ground positions, health.
+
+The Kafka-free core of the vision worker (:mod:`streams.vision.stage` feeds it):
+
+* one :meth:`Detector.detect_jpegs` call for the whole batch, whatever cameras it mixes;
+* one :class:`~streams.vision.tracking.ByteTracker` per camera, so a camera's track ids
+  depend only on its own frames, never on its batch-mates.  Ids are offset by a base taken
+  from the event time the tracker was created, so a tracker created after a restart or a
+  recalibration never reuses the ids of its predecessor (ids fit the DB's 32-bit column);
+* ``ground_xy``: the bottom centre of the box through the camera's homography (pixels scaled
+  from the frame's size to the calibration's ``image_size``); points at or above the horizon
+  get none.  While the watchdog reports the view *shifted*, no ground positions are sent:
+  the homography no longer holds, and rules must not judge with it;
+* ``speed_kmh``: chord of the track's ground positions over the last ``speed_window_s``;
+* one health sample per camera every ``HealthConfig.sample_every_s`` of event time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from schemas.codecs import Frame
+from schemas.messages import Alert, BBox, TrackBatch, TrackObservation
+from streams.traffic.calibration import Calibration
+from streams.traffic.cameras import CameraChanges, CameraInfo
+from streams.traffic.geometry import FloatArray
+from streams.vision.detections import Detections
+from streams.vision.detector import DecodeFailure, Detector
+from streams.vision.health import CameraWatchdog, GrayImage, HealthConfig, Reference
+from streams.vision.tracking import ByteTracker, TrackerConfig
+
+log = logging.getLogger(__name__)
+INT32_MAX = 2_147_483_647
+_ID_BLOCK = 10_000  # ids per second of tracker creation time
+_ID_PERIOD_S = 200_000  # creation times wrap after ~2.3 days (bases stay below 2e9)
+_MAX_GROUND_M = 10_000.0
+
+
+class ReferenceStore(Protocol):
+    """Where watchdog reference views survive restarts (per camera and calibration)."""
+
+    def load(self, camera_id: str, version: int) -> Reference | None: ...
+
+    def save(self, camera_id: str, version: int, reference: Reference) -> None: ...
+
+
+@dataclass(frozen=True)
+class FrameWork:
+    """One frame to process, with the camera it comes from."""
+
+    frame: Frame
+    camera: CameraInfo
+
+
+@dataclass(frozen=True)
+class FrameOutcome:
+    """What became of one input frame: a track batch, a failure (dead letter) or stale
+    (older than a frame already processed: a replay or a reordering), plus health alerts."""
+
+    batch: TrackBatch | None = None
+    failure: str | None = None
+    stale: bool = False
+    alerts: tuple[Alert, ...] = ()
+
+
+def id_base(t: float) -> int:
+    """First track id of a tracker created at event time ``t``."""
+    return (int(t) % _ID_PERIOD_S) * _ID_BLOCK
+
+
+def ground_positions(
+    cal: Calibration, frame_w: int, frame_h: int, points_px: FloatArray
+) -> list[tuple[float, float] | None]:
+    """Ground metres of image points (N, 2) of a ``frame_w`` x ``frame_h`` frame."""
+    if len(points_px) == 0:
+        return []
+    sx, sy = cal.image_size[0] / frame_w, cal.image_size[1] / frame_h
+    h = cal.view.image_to_ground
+    p = np.asarray(points_px, dtype=np.float64).reshape(-1, 2) * [sx, sy]
+    hom = np.concatenate([p, np.ones((len(p), 1))], axis=1) @ h.T
+    # the sign of w of a point surely on the ground: the bottom centre of the image
+    ref_w = float(h[2] @ [cal.image_size[0] / 2, cal.image_size[1], 1.0])
+    out: list[tuple[float, float] | None] = []
+    for x, y, w in hom:
+        if w * ref_w <= 0 or abs(w) < 1e-12:
+            out.append(None)  # at or beyond the horizon
+            continue
+        gx, gy = x / w, y / w
+        if not (np.isfinite(gx) and np.isfinite(gy)) or max(abs(gx), abs(gy)) > _MAX_GROUND_M:
+            out.append(None)
+        else:
+            out.append((round(float(gx), 3), round(float(gy), 3)))
+    return out
+
+
+def reduced_gray_flag(width: int) -> int:
+    """cv2 imread flag decoding a frame of ``width`` at the largest power-of-two reduction
+    that keeps it at least 320 pixels wide (JPEG DCT scaling: cheap)."""
+    import cv2
+
+    for factor, flag in (
+        (8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+        (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+        (2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+    ):
+        if width // factor >= 320:
+            return int(flag)
+    return int(cv2.IMREAD_GRAYSCALE)
+
+
+def decode_gray(jpeg: bytes, width: int) -> GrayImage | None:
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), reduced_gray_flag(width))
+    return None if img is None else np.asarray(img, dtype=np.uint8)
+
+
+@dataclass
+class _Camera:
+    info: CameraInfo
+    tracker: ByteTracker
+    base: int
+    watchdog: CameraWatchdog
+    last_t: float = float("-inf")
+    next_health_t: float = float("-inf")
+    saved_reference: int = 0
+    paths: dict[int, deque[tuple[float, float, float]]] = field(default_factory=dict)
+
+
+class VisionProcessor:
+    """Per-camera trackers, ground projection, speeds and watchdogs behind one detector."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        tracker: TrackerConfig | None = None,
+        health: HealthConfig | None = None,
+        speed_window_s: float = 1.0,
+        references: ReferenceStore | None = None,
+    ) -> None:
+        self.detector = detector
+        self.tracker_config = tracker or TrackerConfig()
+        self.health = health or HealthConfig()
+        self.speed_window_s = speed_window_s
+        self.references = references
+        self._cams: dict[str, _Camera] = {}
+
+    @property
+    def cameras(self) -> list[str]:
+        return sorted(self._cams)
+
+    def watchdog(self, camera_id: str) -> CameraWatchdog | None:
+        cam = self._cams.get(camera_id)
+        return cam.watchdog if cam else None
+
+    # --- camera lifecycle ----------------------------------------------------------------
+    def _new_camera(self, info: CameraInfo, t: float) -> _Camera:
+        ref = self.references.load(info.camera_id, info.version) if self.references else None
+        return _Camera(
+            info,
+            ByteTracker(self.tracker_config),
+            id_base(t),
+            CameraWatchdog(info.camera_id, self.health, ref),
+        )
+
+    def _sync(self, cam: _Camera, info: CameraInfo) -> list[Alert]:
+        """Follow a changed camera row: a new calibration resets tracks and the watchdog's
+        reference (ids keep increasing)."""
+        if info.fingerprint == cam.info.fingerprint:
+            return []
+        cam.info = info
+        log.info(
+            "camera %s: new calibration (version %d): tracks reset", info.camera_id, info.version
+        )
+        cam.tracker.reset()
+        cam.paths.clear()
+        t = cam.last_t if np.isfinite(cam.last_t) else 0.0
+        ref = self.references.load(info.camera_id, info.version) if self.references else None
+        alerts = cam.watchdog.reset(t, f"camera recalibrated (version {info.version})", ref)
+        cam.saved_reference = cam.watchdog.reference_updates
+        return alerts
+
+    def apply_changes(
+        self, changes: CameraChanges, cameras: Mapping[str, CameraInfo]
+    ) -> list[Alert]:
+        """Directory changes: removed cameras are forgotten, moved ones reset."""
+        alerts: list[Alert] = []
+        for cid in changes.removed:
+            self._cams.pop(cid, None)
+        for cid in changes.moved:
+            cam = self._cams.get(cid)
+            if cam is not None and cid in cameras:
+                alerts += self._sync(cam, cameras[cid])
+        return alerts
+
+    # --- frames --------------------------------------------------------------------------
+    def process(self, work: Sequence[FrameWork]) -> list[FrameOutcome]:
+        """Detect, track and check every frame; one outcome per input, in order."""
+        accepted: list[int] = []
+        last: dict[str, float] = {}
+        for i, w in enumerate(work):
+            h = w.frame.header
+            t = h.captured_at.timestamp()
+            cam = self._cams.get(h.camera_id)
+            prev = last.get(h.camera_id, cam.last_t if cam else float("-inf"))
+            if t > prev:
+                accepted.append(i)
+                last[h.camera_id] = t
+        results = self.detector.detect_jpegs([work[i].frame.jpeg for i in accepted])
+        if len(results) != len(accepted):
+            raise RuntimeError(
+                f"detector returned {len(results)} results for {len(accepted)} frames"
+            )
+        outcomes = [FrameOutcome(stale=True) for _ in work]
+        for i, result in zip(accepted, results, strict=True):
+            outcomes[i] = self._one(work[i], result)
+        return outcomes
+
+    def _one(self, w: FrameWork, result: Detections | DecodeFailure) -> FrameOutcome:
+        h = w.frame.header
+        t = h.captured_at.timestamp()
+        if isinstance(result, DecodeFailure):
+            return FrameOutcome(failure=f"frame {h.camera_id}#{h.seq}: {result.reason}")
+        cam = self._cams.get(h.camera_id)
+        alerts: list[Alert] = []
+        if cam is None:
+            cam = self._cams[h.camera_id] = self._new_camera(w.camera, t)
+        else:
+            alerts += self._sync(cam, w.camera)
+        cam.last_t = t
+        if t >= cam.next_health_t:
+            cam.next_health_t = t + self.health.sample_every_s
+            gray = decode_gray(w.frame.jpeg, h.width)
+            if gray is not None:
+                alerts += cam.watchdog.observe(t, gray)
+            self._save_reference(cam)
+        tracked = cam.tracker.update(result)
+        batch = TrackBatch(
+            camera_id=h.camera_id,
+            frame_seq=h.seq,
+            captured_at=h.captured_at,
+            model_version=self.detector.model_version,
+            tracks=self._observations(cam, tracked, t, h.width, h.height),
+        )
+        if len(cam.paths) > 4 * len(tracked) + 200:
+            cam.paths = {k: p for k, p in cam.paths.items() if t - p[-1][0] < 5.0}
+        return FrameOutcome(batch=batch, alerts=tuple(alerts))
+
+    def _observations(
+        self, cam: _Camera, tracked: Detections, t: float, width: int, height: int
+    ) -> list[TrackObservation]:
+        classes = self.detector.classes
+        cal = cam.info.calibration
+        if cal is not None and not cam.watchdog.shifted:
+            ground = ground_positions(cal, width, height, tracked.bottom_center)
+        else:
+            ground = [None] * len(tracked)
+        out = []
+        for k in range(len(tracked)):
+            cid = int(tracked.class_id[k])
+            if not 0 <= cid < len(classes):
+                continue
+            tid = (cam.base + int(tracked.tracker_id[k])) % INT32_MAX
+            x1, y1, x2, y2 = (round(float(v), 1) for v in tracked.xyxy[k])
+            out.append(
+                TrackObservation(
+                    track_id=tid,
+                    vehicle_class=classes[cid],
+                    confidence=round(min(max(float(tracked.confidence[k]), 0.0), 1.0), 4),
+                    bbox=BBox(x1=x1, y1=y1, x2=x2, y2=y2),
+                    ground_xy=ground[k],
+                    speed_kmh=self._speed(cam, tid, t, ground[k]),
+                )
+            )
+        return out
+
+    def _speed(
+        self, cam: _Camera, tid: int, t: float, xy: tuple[float, float] | None
+    ) -> float | None:
+        if xy is None:
+            return None
+        path = cam.paths.setdefault(tid, deque())
+        path.append((t, xy[0], xy[1]))
+        while len(path) > 2 and path[1][0] <= t - self.speed_window_s:
+            path.popleft()
+        t0, x0, y0 = path[0]
+        if t - t0 < 0.25 * self.speed_window_s:
+            return None
+        return round(float(np.hypot(xy[0] - x0, xy[1] - y0) / (t - t0) * 3.6), 2)
+
+    def _save_reference(self, cam: _Camera) -> None:
+        ref = cam.watchdog.reference
+        if self.references is None or cam.watchdog.reference_updates == cam.saved_reference:
+            return
+        cam.saved_reference = cam.watchdog.reference_updates
+        if ref is not None:
+            self.references.save(cam.info.camera_id, cam.info.version, ref)
