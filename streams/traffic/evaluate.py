@@ -224,7 +224,12 @@ def read_truth(path: Path) -> dict[str, Any]:
             kind = rec["kind"]
             if kind == "violation":
                 violations.append(
-                    Event(rec["violation"], _ts(rec["occurred_at"]), str(rec["track_id"]))
+                    Event(
+                        rec["violation"],
+                        _ts(rec["occurred_at"]),
+                        rec["vehicle_id"],
+                        int(rec["track_id"]),
+                    )
                 )
             elif kind == "frame":
                 frames[rec["seq"]] = [
@@ -277,7 +282,7 @@ def read_db(settings: Settings, intersection_id: str) -> dict[str, Any]:
 
     with psycopg.connect(settings.db.dsn) as conn:
         violations = conn.execute(
-            "SELECT kind, occurred_at, violation_id, evidence_uri, evidence_sha256 "
+            "SELECT kind, occurred_at, violation_id, evidence_uri, evidence_sha256, track_id "
             "FROM violations WHERE intersection_id = %s ORDER BY occurred_at",
             (intersection_id,),
         ).fetchall()
@@ -287,8 +292,8 @@ def read_db(settings: Settings, intersection_id: str) -> dict[str, Any]:
             (intersection_id,),
         ).fetchall()
     return {
-        "violations": [Event(k, t.timestamp(), vid) for k, t, vid, _, _ in violations],
-        "evidence": [(uri, sha) for _, _, _, uri, sha in violations],
+        "violations": [Event(k, t.timestamp(), vid, tid) for k, t, vid, _, _, tid in violations],
+        "evidence": [(uri, sha) for _, _, _, uri, sha, _ in violations],
         "lanes": {lane: n for lane, n in lanes},
     }
 
@@ -311,7 +316,11 @@ def report(
     def inside(es: list[Event]) -> list[Event]:
         return [e for e in es if lo <= e.t <= hi]
 
-    scores = match_violations(inside(truth["violations"]), inside(db["violations"]), tolerance_s)
+    pairs = [(truth["frames"][seq], det) for seq, det in tracks.items() if seq in truth["frames"]]
+    mapping = associate_tracks(pairs)
+    scores = match_violations(
+        inside(truth["violations"]), inside(db["violations"]), tolerance_s, mapping
+    )
     # only the lanes the camera watches (its calibration's approach lanes) can be counted
     cal_lanes = truth["meta"].get("calibration", {}).get("lanes", [])
     watched = {lane["lane_id"] for lane in cal_lanes if lane.get("stop_line")}
@@ -319,8 +328,6 @@ def report(
         {k: v for k, v in truth["lanes"].items() if k in watched},
         {k: v for k, v in db["lanes"].items() if k in watched},
     )
-    pairs = [(truth["frames"][seq], det) for seq, det in tracks.items() if seq in truth["frames"]]
-    mapping = associate_tracks(pairs)
     errors = speed_errors(pairs, mapping)
     total_true = sum(e.true for e in lanes)
     total_measured = sum(e.measured for e in lanes)

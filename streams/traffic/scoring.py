@@ -1,7 +1,10 @@
 """Scoring the traffic pipeline against simulator ground truth (pure functions).
 
 * violations: per kind, each detected violation is matched to at most one true one of the
-  same kind within ``tolerance_s`` (greedy, closest first) -> precision and recall;
+  same kind (greedy, closest in time first): the same vehicle (its detected track associated
+  with the true vehicle, below), at any time — a rule and the simulator may date the same
+  offence differently (first metre against the traffic vs. the metre that proved it) — or,
+  when the track is not associated, within ``tolerance_s`` -> precision and recall;
 * counts: vehicles per lane over the run, measured vs true -> relative error per lane;
 * speed: detected tracks are associated with true vehicles by box overlap frame by frame
   (a detected track belongs to the true vehicle it overlaps most often), then the absolute
@@ -21,11 +24,13 @@ from streams.vision.tracking import box_iou
 
 @dataclass(frozen=True)
 class Event:
-    """A violation, true or detected: its kind and event time (epoch seconds)."""
+    """A violation, true or detected: its kind, event time (epoch seconds) and the track
+    (detected) or vehicle (true) it concerns."""
 
     kind: str
     t: float
     ref: str = ""
+    track_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,21 @@ class KindScore:
 
 
 def match_violations(
-    truth: Iterable[Event], detected: Iterable[Event], tolerance_s: float = 3.0
+    truth: Iterable[Event],
+    detected: Iterable[Event],
+    tolerance_s: float = 3.0,
+    vehicle_of: Mapping[int, int] | None = None,
 ) -> dict[str, KindScore]:
-    """Precision/recall per kind (every kind seen in either list)."""
+    """Precision/recall per kind (every kind seen in either list); ``vehicle_of`` maps a
+    detected track id to the true vehicle's (see :func:`associate_tracks`)."""
+    vehicle_of = vehicle_of or {}
+
+    def same(a: Event, b: Event) -> bool:
+        v = vehicle_of.get(b.track_id) if b.track_id is not None else None
+        if v is not None and a.track_id is not None:
+            return v == a.track_id
+        return abs(a.t - b.t) <= tolerance_s
+
     by_kind_t: dict[str, list[Event]] = defaultdict(list)
     by_kind_d: dict[str, list[Event]] = defaultdict(list)
     for e in truth:
@@ -58,10 +75,7 @@ def match_violations(
     for kind in sorted(set(by_kind_t) | set(by_kind_d)):
         ts, ds = by_kind_t[kind], by_kind_d[kind]
         pairs = sorted(
-            (abs(a.t - b.t), i, j)
-            for i, a in enumerate(ts)
-            for j, b in enumerate(ds)
-            if abs(a.t - b.t) <= tolerance_s
+            (abs(a.t - b.t), i, j) for i, a in enumerate(ts) for j, b in enumerate(ds) if same(a, b)
         )
         used_t: set[int] = set()
         used_d: set[int] = set()

@@ -84,11 +84,13 @@ class TrackHistory:
 
 
 def window_speeds(t: FloatArray, xy: FloatArray, min_length_m: float) -> FloatArray:
-    """Speeds (m/s) over windows that start at each point and span >= ``min_length_m``.
+    """Speeds (m/s) over windows that start at each point and end at the first point at least
+    ``min_length_m`` away in a straight line.
 
-    The chord between the window's ends over the elapsed time: position noise of a few
-    decimetres averages out over the window.  Points whose window never reaches the length
-    give NaN.
+    The chord between the window's ends over the elapsed time: the position noise of the two
+    ends is all that enters, a fraction of the window's length (the path length along a
+    noisy track grows with the jitter, so it must not decide where a window ends).  Points
+    whose window never reaches the length give NaN.
     """
     n = len(t)
     out = np.full(n, np.nan)
@@ -96,13 +98,16 @@ def window_speeds(t: FloatArray, xy: FloatArray, min_length_m: float) -> FloatAr
         return out
     step = np.linalg.norm(np.diff(xy, axis=0), axis=1)
     arc = np.concatenate([[0.0], np.cumsum(step)])
-    j = np.searchsorted(arc, arc + min_length_m, side="left")
-    ok = j < n
-    i = np.flatnonzero(ok)
-    jj = j[ok]
-    dt = t[jj] - t[i]
-    chord = np.linalg.norm(xy[jj] - xy[i], axis=1)
-    out[i] = np.where(dt > 0, chord / np.maximum(dt, 1e-9), np.nan)
+    # the chord is never longer than the path: search from where the path reaches the length
+    start = np.searchsorted(arc, arc + min_length_m, side="left")
+    for i in range(n):
+        for j in range(int(start[i]), n):
+            d = float(np.hypot(*(xy[j] - xy[i])))
+            if d >= min_length_m:
+                dt = float(t[j] - t[i])
+                if dt > 0:
+                    out[i] = d / dt
+                break
     return out
 
 

@@ -142,7 +142,7 @@ class VisionProcessor:
         *,
         tracker: TrackerConfig | None = None,
         health: HealthConfig | None = None,
-        speed_window_s: float = 1.0,
+        speed_window_s: float = 2.0,
         references: ReferenceStore | None = None,
     ) -> None:
         self.detector = detector

@@ -100,6 +100,23 @@ def test_speeding_with_position_noise_and_short_tracks() -> None:
     assert speeding([short], CAL) == []
 
 
+def test_speeding_with_camera_grade_jitter_at_range() -> None:
+    """A far vehicle's ground position jitters by a metre (a pixel or two of box): a normal
+    car must not become a speeder, a real speeder is still measured within a few km/h."""
+    rng = np.random.default_rng(7)
+    t = T0 + np.arange(50) / 10  # 5 s at 10 fps
+
+    def track(kmh: float, tid: int) -> TrackHistory:
+        xy = np.stack([np.full(50, 5.0), -90 + kmh / 3.6 * (t - T0)], axis=1)
+        return TrackHistory(
+            "cam-1", tid, V.car, t, xy + rng.normal(0, 1.0, xy.shape), np.full(50, 0.9)
+        )
+
+    assert speeding([track(46.0, k) for k in range(20)], CAL) == []
+    got = speeding([track(75.0, 99)], CAL)
+    assert len(got) == 1 and got[0].details["speed_kmh"] == pytest.approx(75.0, abs=4.0)
+
+
 # --- wrong way ---------------------------------------------------------------------------
 def test_wrong_way() -> None:
     # a motorbike riding south in the northbound lane

@@ -61,3 +61,15 @@ def test_tracks_are_associated_by_overlap_votes_and_speed_errors_use_them() -> N
     errors = speed_errors(frames, mapping)
     # frame 5's box is wrong but still belongs to track 1 (99 vs 40); vehicle 8 is at rest
     assert sorted(errors) == [3.0] * 8 + [59.0]
+
+
+def test_the_same_vehicle_matches_whenever_the_rule_dated_it() -> None:
+    truth = [Event("wrong_way", 100.0, track_id=7), Event("wrong_way", 100.0, track_id=8)]
+    # track 31 is vehicle 7, judged 15 s after the simulator dated the offence; track 32 is
+    # vehicle 9 (no offence), at the very time of vehicle 8's: not a match
+    detected = [Event("wrong_way", 115.0, track_id=31), Event("wrong_way", 100.0, track_id=32)]
+    s = match_violations(truth, detected, tolerance_s=3.0, vehicle_of={31: 7, 32: 9})
+    assert (s["wrong_way"].matched, s["wrong_way"].precision) == (1, 0.5)
+    # a track that was never associated falls back to the time tolerance
+    s = match_violations(truth, [Event("wrong_way", 101.0, track_id=40)], 3.0, {31: 7})
+    assert s["wrong_way"].matched == 1

@@ -1,8 +1,11 @@
 """Speeding: ground speed, measured over at least ``min_length_m``, above limit + tolerance.
 
 The limit is the calibration's, per vehicle class where one is set (motorbikes and trucks
-often have their own).  Speed is the chord over a window of >= ``min_length_m`` divided by
-its duration; the track must be at least ``min_track_m`` long.
+often have their own).  Speed is the straight-line distance over a window of at least
+``min_length_m`` *and* half the track's own extent, divided by its duration: a camera's
+ground positions jitter by a metre or more at range, so a short window would turn box
+jitter into speed; half the track is long enough to average it out and short enough to
+catch a vehicle that slows down at the end.  The track must reach ``min_track_m``.
 """
 
 from __future__ import annotations
@@ -26,13 +29,23 @@ class SpeedingParams:
     confident_margin_kmh: float = 10.0
 
 
+def window_length_m(track: TrackHistory, min_length_m: float) -> float:
+    """The measuring window: ``min_length_m``, or half the track's extent if longer."""
+    extent = float(np.linalg.norm(track.xy.max(axis=0) - track.xy.min(axis=0)))
+    return max(min_length_m, 0.5 * extent)
+
+
 def measured_speed_kmh(track: TrackHistory, min_length_m: float = 10.0) -> tuple[float, int]:
-    """Highest windowed speed of the track (km/h) and the window's start index (-1: none)."""
-    v = window_speeds(track.t, track.xy, min_length_m)
-    if len(v) == 0 or np.all(np.isnan(v)):
+    """The track's speed (km/h): the median over its measuring windows (the maximum of noisy
+    estimates is biased upwards), and the start index of the window that measured it
+    (-1: the track never spans one window)."""
+    v = window_speeds(track.t, track.xy, window_length_m(track, min_length_m))
+    ok = np.flatnonzero(~np.isnan(v))
+    if len(ok) == 0:
         return 0.0, -1
-    i = int(np.nanargmax(v))
-    return float(v[i] * MPS_TO_KMH), i
+    med = float(np.median(v[ok]))
+    i = int(ok[np.argmin(np.abs(v[ok] - med))])
+    return med * MPS_TO_KMH, i
 
 
 def speeding(
@@ -65,7 +78,7 @@ def speeding(
                     "speed_kmh": round(speed, 2),
                     "limit_kmh": limit,
                     "tolerance_kmh": params.tolerance_kmh,
-                    "measured_over_m": params.min_length_m,
+                    "measured_over_m": round(window_length_m(tr, params.min_length_m), 1),
                 },
             )
         )
