@@ -112,6 +112,7 @@ def run(args: argparse.Namespace, settings: object = None) -> int:
     weights = out / f"{args.name}.pt"
     finalize(result["last"], weights, imgsz=args.imgsz, info=result)
     metrics = evaluate(weights, data_dir, device=device)
+    attach_metrics(weights, metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_model_card(out / "MODEL_CARD.md", weights, data_dir, result, metrics)
     _log(
@@ -215,9 +216,20 @@ def finalize(src: str | Path, dst: Path, *, imgsz: int, info: dict[str, Any]) ->
         "infer_imgsz": imgsz,
         **{k: v for k, v in info.items() if k != "last"},
     }
-    for k in ("date",):
-        ckpt[k] = info.get("finished", ckpt.get(k))
+    ckpt["date"] = info.get("finished", ckpt.get("date"))
+    # ultralytics' own final validation ran on whole frames shrunk to the crop size: not this
+    # model's accuracy (see attach_metrics)
+    ckpt["train_metrics"] = None
     torch.save(ckpt, dst)
+
+
+def attach_metrics(weights: Path, metrics: dict[str, Any]) -> None:
+    """Record the held-out evaluation in the checkpoint (``ckpt["citystream"]["metrics"]``)."""
+    import torch
+
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    ckpt.setdefault("citystream", {})["metrics"] = metrics
+    torch.save(ckpt, weights)
 
 
 def evaluate(weights: Path, data_dir: Path, *, device: str) -> dict[str, Any]:
