@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from citystream.metrics import MetricsServer, Registry, serve
 from citystream.settings import Settings
@@ -55,13 +55,14 @@ def setup_logging(level: str = "INFO") -> None:
 
 def run_until_signalled(
     name: str,
-    run: Callable[[], None],
+    run: Callable[[], int | None],
     stop: Callable[[], None],
     registries: tuple[Registry, ...] = (),
     metrics_port: int = 0,
 ) -> int:
-    """Run ``run()`` (blocking) until it returns; SIGTERM/SIGINT call ``stop()`` for a
-    graceful end.  With ``metrics_port`` > 0, ``/metrics`` serves ``registries``."""
+    """Run ``run()`` (blocking) until it returns its exit code (None: 0); SIGTERM/SIGINT
+    call ``stop()`` for a graceful end.  With ``metrics_port`` > 0, ``/metrics`` serves
+    ``registries``."""
     logger = logging.getLogger(f"citystream.{name}")
     server: MetricsServer | None = None
     if metrics_port > 0:
@@ -74,10 +75,30 @@ def run_until_signalled(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        run()
+        return run() or 0
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if server is not None:
             server.close()
-    return 0
+
+
+def standalone_main(
+    prog: str,
+    description: str,
+    examples: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace, Settings], int],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """``python -m <module>`` entry of a plugin command (same options as under ``citystream``)."""
+    from citystream.settings import load_settings
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv), load_settings())

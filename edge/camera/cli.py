@@ -7,13 +7,17 @@ imported inside :func:`run`), so building the ``citystream`` parser stays fast.
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 
-from citystream.settings import Settings, load_settings
-from citystream.worker import add_worker_arguments, metrics_port, setup_logging
+from citystream.settings import Settings
+from citystream.worker import (
+    add_worker_arguments,
+    metrics_port,
+    run_until_signalled,
+    setup_logging,
+    standalone_main,
+)
 
 DESCRIPTION = (
     "Edge camera agent: reads a video file, an RTSP/HTTP stream, a local device or the "
@@ -119,13 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run until the source ends (or SIGTERM/SIGINT).  Returns the exit code."""
     from citystream.errors import ConfigError
-    from citystream.metrics import Registry, serve
+    from citystream.metrics import Registry
     from edge.camera.agent import CameraAgent, CameraConfig, parse_blur
     from edge.camera.publisher import KafkaFramePublisher
     from edge.camera.sources import FrameSource, VideoSource, classify
 
     setup_logging(args.log_level)
-    log = logging.getLogger("citystream.edge.camera")
     try:
         config = CameraConfig(
             camera_id=args.camera_id,
@@ -161,35 +164,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings.kafka.bootstrap, client_id=f"citystream-camera-{args.camera_id}"
     )
     agent = CameraAgent(config, publisher, registry=registry)
-    port = metrics_port(args, settings)
-    server = serve(registry, port=port) if port else None
-    if server is not None:
-        log.info("metrics on http://%s:%d/metrics", server.host, server.port)
-
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("%s: stopping", signal.Signals(signum).name)
-        agent.stop()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return agent.run(source)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if server is not None:
-            server.close()
+    return run_until_signalled(
+        "camera",
+        lambda: agent.run(source),
+        agent.stop,
+        (registry,),
+        metrics_port(args, settings),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m edge.camera",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run(args, load_settings())
+    return standalone_main("python -m edge.camera", DESCRIPTION, EXAMPLES, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from citystream.settings import Settings, load_settings
-from citystream.worker import add_worker_arguments, metrics_port, setup_logging
+from citystream.settings import Settings
+from citystream.worker import add_worker_arguments, metrics_port, setup_logging, standalone_main
 
 DESCRIPTION = (
     "Meter gateway (data concentrator): reads meter readings, stores each one in a durable "
@@ -195,15 +195,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m edge.meter",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run(args, load_settings())
+    return standalone_main("python -m edge.meter", DESCRIPTION, EXAMPLES, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

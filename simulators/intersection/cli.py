@@ -7,15 +7,19 @@ Imports nothing heavy at import time (SUMO, OpenCV and the broker clients are im
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from citystream.settings import Settings, load_settings
-from citystream.worker import add_worker_arguments, metrics_port, setup_logging
+from citystream.settings import Settings
+from citystream.worker import (
+    add_worker_arguments,
+    metrics_port,
+    run_until_signalled,
+    setup_logging,
+    standalone_main,
+)
 
 DESCRIPTION = (
     "Run a simulated signalised intersection (SUMO) with its camera: frames to Kafka "
@@ -152,7 +156,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from citystream.metrics import serve
     from edge.camera.agent import parse_blur
     from simulators.intersection.reference import Placement
     from simulators.intersection.service import (
@@ -163,7 +166,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
 
     setup_logging(args.log_level)
-    log = logging.getLogger("citystream.sim.intersection")
     if args.no_publish and args.truth is None and args.capture is None:
         print(
             "citystream sim intersection: --no-publish needs --truth or --capture", file=sys.stderr
@@ -200,35 +202,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         print(f"citystream sim intersection: {exc}", file=sys.stderr)
         return 2
-    port = metrics_port(args, settings)
-    server = serve(service.registry, service.camera_registry, port=port) if port else None
-    if server is not None:
-        log.info("metrics on http://%s:%d/metrics", server.host, server.port)
-
-    def on_signal(signum: int, frame: object) -> None:
-        log.info("%s: stopping", signal.Signals(signum).name)
-        service.stop()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return service.run()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if server is not None:
-            server.close()
+    return run_until_signalled(
+        "sim.intersection",
+        service.run,
+        service.stop,
+        (service.registry, service.camera_registry),
+        metrics_port(args, settings),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m simulators.intersection.cli",
-        description=DESCRIPTION,
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    return standalone_main(
+        "python -m simulators.intersection.cli", DESCRIPTION, EXAMPLES, add_arguments, run, argv
     )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    return run(args, load_settings())
 
 
 if __name__ == "__main__":
