@@ -148,22 +148,62 @@ async def review_violation(
     return row
 
 
-@router.get("/violations/{violation_id}/evidence", response_class=FileResponse)
+def evidence_root(svc: Services) -> FsPath:
+    """Where evidence is stored: the map's setting, else the traffic workers' directory."""
+    s = svc.settings
+    return (s.citymap.evidence_dir or s.traffic.evidence_dir or s.state_dir / "evidence").resolve()
+
+
+@router.get(
+    "/violations/{violation_id}/evidence",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}, "application/zip": {}}}},
+)
 async def violation_evidence(
-    svc: Svc, who: Annotated[Principal, Depends(require(EVIDENCE))], violation_id: IdPath
-) -> FileResponse:
-    """The evidence image (operators only), when it is a file under the evidence directory."""
+    svc: Svc,
+    who: Annotated[Principal, Depends(require(EVIDENCE))],
+    violation_id: IdPath,
+    part: Annotated[
+        str,
+        Query(
+            pattern=r"^(bundle|crop\.jpg|frames/(before|after)_\d{2}\.jpg|trajectory\.json)$",
+            description="Of an evidence bundle: the vehicle crop (default), a frame, the "
+            "trajectory, or the whole bundle (zip, with its manifest of SHA-256s)",
+        ),
+    ] = "crop.jpg",
+) -> Response:
+    """The evidence of a violation (operators only), when stored under the evidence
+    directory: a file URI, or a path relative to it (what the traffic workers record)."""
     row = await queries.violation(svc.db, violation_id)
     if row is None:
         raise HTTPException(404, f"no violation with id {violation_id!r}")
-    root = svc.settings.citymap.evidence_dir
+    root = evidence_root(svc)
     uri = urlparse(row["evidence_uri"])
-    if root is None or uri.scheme not in ("", "file"):
-        raise HTTPException(404, f"evidence {row['evidence_uri']} is not stored on this server")
-    path = FsPath(unquote(uri.path)).resolve()
-    if not path.is_relative_to(root.resolve()) or not path.is_file():
-        raise HTTPException(404, f"evidence {row['evidence_uri']} is not stored on this server")
-    return FileResponse(path)
+    missing = HTTPException(404, f"evidence {row['evidence_uri']} is not stored on this server")
+    if uri.scheme not in ("", "file"):
+        raise missing
+    path = (root / unquote(uri.path)).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise missing
+    if path.suffix != ".zip":
+        return FileResponse(path)
+    if part == "bundle":
+        return FileResponse(path, media_type="application/zip", filename=path.name)
+    data = await anyio.to_thread.run_sync(_zip_member, path, part)
+    if data is None:
+        raise HTTPException(404, f"the evidence bundle of {violation_id!r} has no {part!r}")
+    kind = "application/json" if part.endswith(".json") else "image/jpeg"
+    return Response(data, media_type=kind)
+
+
+def _zip_member(path: FsPath, name: str) -> bytes | None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        try:
+            return zf.read(name)
+        except KeyError:
+            return None
 
 
 @router.get(

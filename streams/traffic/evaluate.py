@@ -388,6 +388,11 @@ def print_report(rep: dict[str, Any]) -> None:
         f"{rep['speed_observations']} observations of {rep['tracks_associated']} tracks "
         f"(aim <= 3 km/h)"
     )
+    if "violations_stored" in rep:
+        print(
+            f"evidence: {rep['evidence_verified']} of {rep['violations_stored']} stored "
+            "violations have a bundle whose SHA-256 matches the DB row"
+        )
     if rep.get("run"):
         r = rep["run"]
         print(
@@ -478,7 +483,11 @@ def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[st
         # the end of the run) cannot be judged the same way by the pipeline and the truth
         horizon=(start + 5.0, start + args.duration - 10.0),
     )
-    rep["evidence_files"] = sum(1 for uri, _ in db["evidence"] if _evidence_path(uri).exists())
+    from streams.traffic.evidence import verify_bundle
+
+    root = settings.traffic.evidence_dir or settings.state_dir / "evidence"
+    rep["evidence_verified"] = sum(verify_bundle(root / uri, sha) for uri, sha in db["evidence"])
+    rep["violations_stored"] = len(db["evidence"])
     rep["run"] = {
         "scenario": args.scenario,
         "seed": args.seed,
@@ -488,12 +497,6 @@ def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[st
         "wall_s": round(time.monotonic() - started, 1),
     }
     return rep
-
-
-def _evidence_path(uri: str) -> Path:
-    from urllib.parse import unquote, urlparse
-
-    return Path(unquote(urlparse(uri).path))
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -175,6 +175,51 @@ def test_viewer_sees_no_plates_or_evidence(op: httpx.Client, vw: httpx.Client) -
         assert "plate" not in json.dumps(v) and "evidence" not in json.dumps(v)
 
 
+def test_operator_gets_the_traffic_workers_evidence_bundle(
+    op: httpx.Client, vw: httpx.Client, server: MapServer
+) -> None:
+    from psycopg.types.json import Jsonb
+
+    from citystream.db import rows
+    from streams.traffic.evidence import store_bundle, verify_bundle
+    from tests.unit.test_traffic_analytics import _evidence
+
+    ev = _evidence()
+    stored = store_bundle(server.settings.state_dir / "evidence", ev)  # as the worker does
+    msg = ev.violation.to_message("i011", stored.uri, stored.sha256)
+    with psycopg.connect(server.settings.db.dsn, autocommit=True) as conn:
+        row = tuple(Jsonb(x) if isinstance(x, dict) else x for x in rows.violation_row(msg))
+        conn.execute(
+            "INSERT INTO violations (violation_id, occurred_at, kind, camera_id, "
+            "intersection_id, track_id, vehicle_class, confidence, evidence_uri, "
+            "evidence_sha256, details) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            "ON CONFLICT DO NOTHING",
+            row,
+        )
+        conn.execute(
+            "INSERT INTO violations (violation_id, occurred_at, kind, camera_id, "
+            "intersection_id, track_id, vehicle_class, confidence, evidence_uri, "
+            "evidence_sha256, details) VALUES ('v-escape', now(), 'red_light', 'c', 'i011', "
+            "1, 'car', 0.9, '../../../etc/passwd', %s, '{}') ON CONFLICT DO NOTHING",
+            ("0" * 64,),
+        )
+    url = f"/violations/{msg.violation_id}/evidence"
+    crop = op.get(url)
+    assert crop.status_code == 200 and crop.headers["content-type"] == "image/jpeg"
+    assert crop.content == ev.crop
+    frame = op.get(url, params={"part": "frames/after_00.jpg"})
+    assert frame.status_code == 200 and frame.content[:2] == b"\xff\xd8"
+    bundle = op.get(url, params={"part": "bundle"})
+    assert bundle.headers["content-type"] == "application/zip"
+    got = server.settings.state_dir / "downloaded.zip"
+    got.write_bytes(bundle.content)
+    assert verify_bundle(got, msg.evidence_sha256)  # the hash in the DB row proves it intact
+    assert op.get(url, params={"part": "../x"}).status_code == 422
+    assert op.get(url, params={"part": "frames/after_99.jpg"}).status_code == 404
+    assert vw.get(url).status_code == 403
+    assert op.get("/violations/v-escape/evidence").status_code == 404
+
+
 def test_operator_reviews_a_violation_once_and_it_is_audited(op: httpx.Client) -> None:
     vid = op.get("/violations", params={"review_state": "pending", "limit": 1}).json()["items"][0][
         "violation_id"
