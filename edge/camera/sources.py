@@ -205,9 +205,12 @@ class SimFrame:
 class SimulatorSource:
     """Rendered frames of an intersection simulation at ``fps`` (frames on simulated time).
 
-    ``duration_s`` None runs forever.  :meth:`request_plan` may be called from any thread;
-    the plan is installed before the next simulation step (libsumo stays on the thread that
-    calls :meth:`read`).
+    ``warmup_s`` simulated seconds run at :meth:`open` without a frame (the junction fills
+    up; see :meth:`IntersectionSim.warm_up`): the first frame comes from the step after
+    them, and ``media_t`` counts from the end of the warm-up.  ``duration_s`` (after the
+    warm-up) None runs forever.  :meth:`request_plan` may be called from any thread; the plan
+    is installed before the next simulation step (libsumo stays on the thread that calls
+    :meth:`read`).
     """
 
     kind: SourceKind = "sim"
@@ -221,12 +224,18 @@ class SimulatorSource:
         *,
         fps: float,
         duration_s: float | None = None,
+        warmup_s: float = 0.0,
     ) -> None:
         step_s = sim.config.step_s
         if fps * step_s > 1.0 + 1e-9:
             raise ConfigError(
                 f"the simulator steps every {step_s:g} s: at most {1 / step_s:g} fps, got {fps:g}"
             )
+        if not 0 <= warmup_s <= 86_400:
+            raise ConfigError(f"warm-up must be within [0, 86400] s, got {warmup_s:g}")
+        self.warmup_s = warmup_s
+        #: the last warm-up step (None without a warm-up or before :meth:`open`)
+        self.warmup_step: SimStep | None = None
         self.sim = sim
         self.renderer = renderer
         self.fps = fps
@@ -244,6 +253,8 @@ class SimulatorSource:
         if not self._opened:
             self.sim.start()
             self._opened = True
+            if self.warmup_s > 0:
+                self.warmup_step = self.sim.warm_up(self.warmup_s)
 
     def request_plan(self, plan: SignalPlan) -> None:
         with self._lock:
@@ -273,8 +284,9 @@ class SimulatorSource:
         steps: list[SimStep] = []
         changes: list[SignalPhaseChange] = []
         step_s = self.sim.config.step_s
+        end = None if self.duration_s is None else self.warmup_s + self.duration_s
         while True:
-            if self.duration_s is not None and self.sim.sim_time + step_s / 2 > self.duration_s:
+            if end is not None and self.sim.sim_time + step_s / 2 > end:
                 if not steps:
                     return None
                 break  # the last steps still get a frame: their changes must not be lost
@@ -286,7 +298,8 @@ class SimulatorSource:
         step = steps[-1]
         img, objects = self.renderer.render(step)
         at = datetime.fromtimestamp(step.t, UTC)
-        return CapturedFrame(img, step.sim_time, at, SimFrame(steps, objects, changes, switches))
+        media_t = step.sim_time - self.warmup_s
+        return CapturedFrame(img, media_t, at, SimFrame(steps, objects, changes, switches))
 
     def close(self) -> None:
         if self._opened:

@@ -36,9 +36,10 @@ EXAMPLES = """examples:
   citystream sim intersection --intersection-id int-1
   # ten simulated minutes as fast as possible, with ground truth
   citystream sim intersection --duration 600 --speed 0 --truth int-1.truth.jsonl
-  # a capture with its truth sidecar (int-1.truth.jsonl), no broker or database needed
+  # a capture with its truth sidecar (int-1.truth.jsonl), no broker or database needed;
+  # 90 s of traffic first, so the junction is busy from the first frame on
   citystream sim intersection --duration 300 --speed 0 --no-publish --no-register \\
-      --capture int-1.cap --start 2026-01-05T07:00:00+07:00
+      --capture int-1.cap --start 2026-01-05T07:00:00+07:00 --warmup 90
   # dusk, more violators, 1280 px frames, metrics on :9120
   citystream sim intersection --lighting dusk --violators 3 --width 1280 --metrics-port 9120
 """
@@ -72,7 +73,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="simulated seconds to run (default: forever)",
+        help="simulated seconds to run after the warm-up (default: forever)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="simulated seconds of traffic before the first frame, not rendered, published "
+        "or written (an empty junction fills up); --start is the time of the first frame's "
+        "clock, not of the warm-up (default: %(default)s)",
     )
     parser.add_argument(
         "--speed",
@@ -96,7 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_start,
         default=None,
         metavar="ISO|now",
-        help="event time of simulated second 0, ISO 8601 with offset (default: now)",
+        help="event time at which the frames' clock starts (simulated second 0 after the "
+        "warm-up), ISO 8601 with offset (default: now)",
     )
     parser.add_argument("--name", default="Simulated junction", help="intersection name")
     parser.add_argument(
@@ -181,6 +192,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             city=args.city or settings.citymap.city,
             seed=args.seed,
             duration_s=args.duration,
+            warmup_s=args.warmup,
             speed=args.speed,
             fps=args.fps,
             width=args.width,

@@ -17,6 +17,13 @@ At start it registers the intersection and its camera in the reference tables, w
 calibration built from the same geometry (``calibration_version`` goes up by one whenever the
 calibration changes).  Deterministic by seed: the same seed gives the same traffic, frames and
 truth; only the event-time start (``--start``, default now) shifts the timestamps.
+
+``--warmup S`` runs S simulated seconds before the first frame (an empty junction fills up):
+nothing is rendered, published or written for them, and simulated second S maps to
+``--start`` (the scenario's own clock starts S seconds earlier).  The truth starts with the
+first frame; its first frame brings one ``SignalPhaseChange`` per signal group with the state
+the group shows then (``changed_at`` = the first frame's time), so the signal states are known
+downstream from the first frame on.  ``--duration`` counts after the warm-up.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +139,8 @@ class ServiceConfig:
     city: str = "hcm"
     seed: int = 1
     duration_s: float | None = None
+    #: simulated seconds run before the first frame, unobserved (duration counts after them)
+    warmup_s: float = 0.0
     speed: float = 1.0
     fps: float = 10.0
     width: int = 640
@@ -161,10 +170,13 @@ class IntersectionService:
         self.settings = settings
         self.registry = Registry("citystream_sim_intersection")
         self.camera_registry = Registry("citystream_edge_camera")
+        if not 0 <= cfg.warmup_s <= 86_400:
+            raise ValueError(f"warm-up must be within [0, 86400] s, got {cfg.warmup_s:g}")
         scenario = ScenarioConfig(
             intersection_id=cfg.intersection_id,
             seed=cfg.seed,
-            start=cfg.start,
+            # simulated second warmup_s is --start: the first frame's clock does not move
+            start=cfg.start - timedelta(seconds=cfg.warmup_s),
             violators=cfg.violators,
             workdir=cfg.workdir,
         )
@@ -174,7 +186,11 @@ class IntersectionService:
         self.scene = make_scene(scenario, cfg.width, cfg.camera_id, render)
         self.known_groups = signal_groups(self.scene.sim)
         self.source = SimulatorSource(
-            self.scene.sim, self.scene.renderer, fps=cfg.fps, duration_s=cfg.duration_s
+            self.scene.sim,
+            self.scene.renderer,
+            fps=cfg.fps,
+            duration_s=cfg.duration_s,
+            warmup_s=cfg.warmup_s,
         )
         r = self.registry
         self.plans_applied = r.counter("plans_applied_total", "Plans installed in SUMO")
@@ -218,6 +234,7 @@ class IntersectionService:
             "width": cam.width,
             "height": cam.height,
             "duration_s": cfg.duration_s,
+            "warmup_s": cfg.warmup_s,
         }
 
     def run(self) -> int:
@@ -332,6 +349,13 @@ class IntersectionService:
         if not self._announced:
             self._announced = True
             self._applied(None, sim.plan)
+            warm = self.source.warmup_step
+            if self.truth is not None and warm is not None:
+                # the lanes of the vehicles just before the first frame: a stop line crossed
+                # in the first frame's steps counts; nothing of the warm-up itself does
+                self.truth.counts.add_step(
+                    warm.t, ((v.vehicle_id, v.vehicle_class, v.lane_id) for v in warm.vehicles)
+                )
         for switch in sf.plan_switches:
             self._applied(switch, switch.plan)
         for change in sf.phase_changes:

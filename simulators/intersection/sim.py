@@ -301,6 +301,19 @@ class IntersectionSim:
         for _ in range(n):
             yield self.step()
 
+    def warm_up(self, seconds: float) -> SimStep | None:
+        """Run ``seconds`` of traffic that nobody observes (an empty junction fills up).
+
+        The violations observed meanwhile are dropped from :attr:`truth`, and the next step
+        reports every signal group's state as a change, as the first step of a run does.
+        Returns the last warm-up step (None for 0 s)."""
+        last = None
+        for step in self.run(seconds):
+            last = step
+        self.truth.clear()
+        self._groups = {}
+        return last
+
     def step(self) -> SimStep:
         import libsumo
         from libsumo import constants as tc

@@ -1,4 +1,6 @@
-"""Regenerate the shipped captures deterministically: ``python tests/captures/regenerate.py``.
+"""Regenerate the shipped captures deterministically: ``python tests/captures/regenerate.py``
+(``--only NAME`` for one; ``--check`` regenerates into a temporary directory and compares the
+records and truth with the shipped files).
 
 ``meters_day.cap``: one simulated day (local calendar day, Asia/Ho_Chi_Minh) of a small city
 from ``simulators.meters`` as the ``meter.readings`` topic carries it: one ``MeterBatch``
@@ -17,24 +19,51 @@ default fault mix is on (outages, stuck meters, spikes, duplicates, late reading
   ``(meter_id, ts)`` readings in the capture (what a pipeline that accepts every reading
   exactly once computes), and ``late_readings`` among them that arrived more than one window
   after their window ended.
+
+``intersection_60s.cap``: one minute of the simulated junction's south camera
+(``citystream sim intersection``, SUMO + the virtual camera) as the pipeline receives it:
+``camera.frames`` (JPEG frames, 640x360 — the size the shipped detector is trained at — 5 fps,
+JPEG quality 60, keyed by camera) and ``signal.phases`` (keyed by intersection), Kafka
+timestamp = event time.  Intersection ``int-cap60``, camera ``int-cap60-cam-s``, weekday
+morning from 2026-01-05 07:00 (Ho Chi Minh City), four times the default violator rates,
+seed 57 (chosen for six true violations on the watched south arm, every kind once or twice,
+all between 13 s and 40 s, so a pipeline sees each vehicle before and after).  90 simulated
+seconds of traffic run first (``--warmup``), so the junction is busy from the first frame on.
+
+``intersection_60s.truth.jsonl``: the simulator's ground truth (see
+``simulators.intersection.truth``): ``meta`` (with the camera's calibration: register it in
+``cameras`` before replaying), one ``frame`` per frame (same ``seq``), ``phase`` (the first
+frame's signal states, then every change), ``violation``, ``lane_count`` (stop-line
+crossings per lane and minute), ``delay``.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from citystream.capture import read_capture, write_capture
+from citystream.capture import read_capture, read_truth, write_capture
 from schemas.topics import TOPICS
 
 HERE = Path(__file__).resolve().parent
 DAY = datetime(2026, 2, 2, 12, tzinfo=UTC)  # a Monday in Ho Chi Minh City
 SEED = 7
 N_METERS = 300
+TRAFFIC_SEED = 57
+#: the simulator command line of ``intersection_60s.cap`` (``--capture FILE`` is appended)
+TRAFFIC_ARGS = (
+    *("sim", "intersection", "--no-publish", "--no-register"),
+    *("--intersection-id", "int-cap60", "--start", "2026-01-05T07:00:00+07:00"),
+    *("--warmup", "90", "--duration", "60", "--speed", "0", "--fps", "5"),
+    *("--width", "640", "--quality", "60", "--violators", "4", "--seed", str(TRAFFIC_SEED)),
+    *("--log-level", "WARNING"),
+)
 
 
 def meters_day(out: Path, *, n_meters: int = N_METERS, seed: int = SEED) -> dict[str, Any]:
@@ -156,24 +185,62 @@ def meters_day(out: Path, *, n_meters: int = N_METERS, seed: int = SEED) -> dict
     return {"file": str(out), "records": n, "bytes": out.stat().st_size, **counts}
 
 
+def intersection_60s(out: Path) -> dict[str, Any]:
+    """``citystream sim intersection`` (:data:`TRAFFIC_ARGS`) in a child process (libsumo runs
+    one simulation per process), writing ``out`` and its truth sidecar."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "citystream.cli", *TRAFFIC_ARGS, "--capture", str(out)]
+    done = subprocess.run(cmd, cwd=HERE.parents[1], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[2:])} failed ({done.returncode}):\n{done.stderr}")
+    records = read_capture(out)
+    truth = read_truth(out)
+    violations = [t for t in truth if t["kind"] == "violation"]
+    if len(violations) < 3:
+        raise SystemExit(f"{out.name}: only {len(violations)} true violations, want >= 3")
+    return {
+        "file": str(out),
+        "records": len(records),
+        "frames": sum(r.topic == "camera.frames" for r in records),
+        "phases": sum(r.topic == "signal.phases" for r in records),
+        "violations": len(violations),
+        "bytes": out.stat().st_size,
+    }
+
+
+#: capture name -> the function that writes it
+CAPTURES: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "meters_day": meters_day,
+    "intersection_60s": intersection_60s,
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--out-dir", type=Path, default=HERE)
     p.add_argument("--check", action="store_true", help="regenerate to a temp dir and compare")
+    p.add_argument("--only", choices=sorted(CAPTURES), help="just this capture (default: all)")
     args = p.parse_args()
+    makers = {k: v for k, v in CAPTURES.items() if args.only in (None, k)}
     if args.check:
         import tempfile
 
+        ok = True
         with tempfile.TemporaryDirectory() as tmp:
-            info = meters_day(Path(tmp) / "meters_day.cap")
-            same = read_capture(Path(tmp) / "meters_day.cap") == read_capture(
-                HERE / "meters_day.cap"
-            )
-            print(info, "identical records" if same else "DIFFERENT records")
-            raise SystemExit(0 if same else 1)
-    print(meters_day(args.out_dir / "meters_day.cap"))
+            for name, make in makers.items():
+                new = Path(tmp) / f"{name}.cap"
+                info = make(new)
+                shipped = HERE / f"{name}.cap"
+                same = read_capture(new) == read_capture(shipped) and read_truth(new) == read_truth(
+                    shipped
+                )
+                ok = ok and same
+                print(info, "identical records and truth" if same else "DIFFERENT")
+        raise SystemExit(0 if ok else 1)
+    for name, make in makers.items():
+        print(make(args.out_dir / f"{name}.cap"))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ and a deterministic capture + truth run."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from simulators.intersection.service import (
     make_scene,
     scenario_rates,
 )
-from simulators.intersection.sim import ScenarioConfig
+from simulators.intersection.sim import IntersectionSim, ScenarioConfig
 from simulators.intersection.truth import LaneMinuteCounts
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -188,3 +188,103 @@ def test_demand_is_scaled_over_the_arms_like_the_default() -> None:
     assert got["S"] / got["E"] == pytest.approx(base["S"] / base["E"], rel=1e-3)
     with pytest.raises(ValueError, match="demand"):
         scaled_demand(0)
+
+
+def _warm_run(tmp: Path, warmup_s: float, violators: float = 1.0) -> list[dict[str, object]]:
+    cfg = ServiceConfig(
+        intersection_id="int-w",
+        camera_id="cam-w",
+        seed=3,
+        duration_s=4.0,
+        warmup_s=warmup_s,
+        speed=0.0,
+        fps=5.0,
+        width=320,
+        start=T0,
+        violators=scenario_rates(violators),
+        publish=False,
+        register=False,
+        capture=tmp / "run.cap",
+        progress_interval_s=0.0,
+        workdir=tmp / "net",
+    )
+    assert IntersectionService(cfg, Settings()).run() == 0
+    return read_truth(tmp / "run.cap")
+
+
+def _at(record: dict[str, object], field: str) -> datetime:
+    return datetime.fromisoformat(str(record[field]))
+
+
+def test_warmup_fills_the_junction_before_the_first_frame(tmp_path: Path) -> None:
+    cold = _warm_run(tmp_path / "cold", 0.0)
+    warm = _warm_run(tmp_path / "warm", 60.0, violators=20.0)
+    first = {
+        k: next(t for t in truth if t["kind"] == "frame")
+        for k, truth in (("cold", cold), ("warm", warm))
+    }
+    assert first["cold"]["objects"] == []  # an empty junction: nothing in view yet
+    assert len(first["warm"]["objects"]) >= 5  # type: ignore[arg-type]
+    # the frames' clock is --start either way; the duration counts after the warm-up
+    for truth in (cold, warm):
+        frames = [t for t in truth if t["kind"] == "frame"]
+        assert _at(frames[0], "captured_at") == T0 + timedelta(seconds=0.1)
+        # 0.1, 0.3, ... 3.9 s, and the steps after the last one get a frame at 4.0 s
+        assert len(frames) == 21 and _at(frames[-1], "captured_at") == T0 + timedelta(seconds=4)
+    meta = warm[0]
+    assert meta["kind"] == "meta" and meta["warmup_s"] == 60.0 and meta["start"] == T0.isoformat()
+
+
+def test_warmup_truth_starts_at_the_first_frame(tmp_path: Path) -> None:
+    # the premise: this traffic has violations during the 60 s the warm-up hides
+    scenario = ScenarioConfig(
+        intersection_id="int-w",
+        seed=3,
+        start=T0 - timedelta(seconds=60),
+        violators=scenario_rates(20.0),
+        workdir=tmp_path / "premise",
+    )
+    with IntersectionSim(scenario) as sim:
+        for _ in sim.run(60.0):
+            pass
+        assert sim.truth and all(v.t < T0.timestamp() for v in sim.truth)
+    truth = _warm_run(tmp_path / "a", 60.0, violators=20.0)
+    first_frame = _at(next(t for t in truth if t["kind"] == "frame"), "captured_at")
+    times = {
+        "frame": "captured_at",
+        "phase": "changed_at",
+        "violation": "occurred_at",
+        "plan_applied": "at",
+    }
+    for record in truth:
+        field = times.get(str(record["kind"]))
+        if field is not None:
+            assert _at(record, field) >= first_frame, record
+    windows = [_at(t, "window_start") for t in truth if t["kind"] == "lane_count"]
+    assert all(w + timedelta(seconds=60) > first_frame for w in windows)
+    # every signal group's state at the first frame, as one change each at its time
+    groups = {f"{a}_{m}" for a in "NSEW" for m in ("through", "left", "right")}
+    initial = [t for t in truth if t["kind"] == "phase" and _at(t, "changed_at") == first_frame]
+    assert {t["signal_group"] for t in initial} == groups and len(initial) == len(groups)
+    states = {t["signal_group"]: t["state"] for t in initial}
+    assert states["N_through"] == states["S_through"] != states["E_through"]
+    # ... and the same changes in the capture, ahead of the first frame
+    records = read_capture(tmp_path / "a" / "run.cap")
+    codec = JsonCodec(SignalPhaseChange)
+    head = [codec.decode(r.value) for r in records[: len(groups)]]
+    assert all(r.topic == "signal.phases" for r in records[: len(groups)])
+    assert {(c.signal_group, str(c.state)) for c in head} == set(states.items())
+    assert {c.changed_at for c in head} == {first_frame}
+    assert records[len(groups)].topic == "camera.frames"
+
+
+def test_warmup_is_deterministic(tmp_path: Path) -> None:
+    a = _warm_run(tmp_path / "a", 30.0, violators=5.0)
+    b = _warm_run(tmp_path / "b", 30.0, violators=5.0)
+    assert a == b
+    assert read_capture(tmp_path / "a" / "run.cap") == read_capture(tmp_path / "b" / "run.cap")
+
+
+def test_warmup_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="warm-up"):
+        IntersectionService(ServiceConfig(warmup_s=-1.0, publish=False), Settings())
