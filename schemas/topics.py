@@ -244,6 +244,8 @@ MQTT_ROUTES: tuple[MqttRoute, ...] = (
     MqttRoute(
         "city/+/signals/+/plan-applied", "signal.plans", id_level=3, id_field="intersection_id"
     ),
+    # the delay a controller measured before and after a plan was installed (an Alert)
+    MqttRoute("city/+/signals/+/outcome", "traffic.alerts", id_level=3, id_field="subject_id"),
 )
 
 

@@ -230,6 +230,15 @@
       if (may("approve_plans")) html += `<button id="approve-plan" class="primary" type="button">Approve and send to controller</button>
         <button id="reject-plan" class="danger" type="button">Reject</button>`;
     } else html += `</table><p class="muted">No new recommendation.</p>`;
+    const outcomes = (await api(`/alerts?source=traffic&subject_id=${encodeURIComponent(id)}&limit=50`)).items
+      .filter((a) => a.kind === "plan_outcome");
+    if (outcomes.length) {
+      const o = outcomes[0].details, gain = o.delay_before_s - o.delay_after_s;
+      html += `<p id="plan-outcome">Measured by the controller after ${esc(o.plan_id)} was installed:
+        ${Number(o.delay_before_s).toFixed(1)} s → <b>${Number(o.delay_after_s).toFixed(1)} s</b> per vehicle
+        <span class="${gain >= 0 ? "better" : "worse"}">(${gain >= 0 ? "−" : "+"}${Math.abs(gain).toFixed(1)} s)</span>
+        <span class="muted">over ${Math.round(o.measured_s / 60)} min</span></p>`;
+    }
     const hist = p.history.filter((h) => h.review_state || h.kind === "current").slice(0, 6);
     if (hist.length) html += `<h3>History</h3><table>${hist.map((h) => `<tr><td>${fmtT(h.valid_from)}</td><td>${esc(h.plan_id)}</td><td>${esc(h.kind)}</td><td>${esc(h.review_state ?? "")} ${esc(h.reviewed_by ?? "")}</td></tr>`).join("")}</table>`;
     el.innerHTML = html;

@@ -157,6 +157,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-register", action="store_true", help="do not write the reference tables"
     )
     parser.add_argument(
+        "--outcome-after",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="simulated seconds under a newly installed plan before the measured delay "
+        "before/after is reported (MQTT .../outcome; default: %(default)s)",
+    )
+    parser.add_argument(
         "--delay-report",
         type=float,
         default=60.0,
@@ -209,6 +217,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             capture=args.capture,
             progress_interval_s=args.progress_interval,
             delay_report_s=args.delay_report,
+            outcome_after_s=args.outcome_after,
         )
         service = IntersectionService(config, settings)
     except ValueError as exc:

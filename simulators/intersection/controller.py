@@ -5,6 +5,7 @@ Topics (``{city}``, ``{intersection_id}`` filled in)::
     city/{city}/signals/{intersection_id}/phase         SignalPhaseChange, QoS 1 (out)
     city/{city}/signals/{intersection_id}/plan          SignalPlan, QoS 1 (in; the city map)
     city/{city}/signals/{intersection_id}/plan-applied  SignalPlan now running, QoS 1, retained
+    city/{city}/signals/{intersection_id}/outcome       Alert: measured delay before/after a plan
 
 A plan is checked (:func:`check_plan`) as a field controller would before it is installed.
 """
@@ -22,13 +23,15 @@ from citystream.errors import SchemaError
 from citystream.metrics import Registry
 from citystream.settings import MqttSettings
 from schemas.codecs import JsonCodec
-from schemas.messages import SignalPhaseChange, SignalPlan
+from schemas.messages import Alert, SignalPhaseChange, SignalPlan
 
 log = logging.getLogger("citystream.sim.intersection")
 
 PHASE_TOPIC = "city/{city}/signals/{intersection_id}/phase"
 PLAN_TOPIC = "city/{city}/signals/{intersection_id}/plan"
 APPLIED_TOPIC = "city/{city}/signals/{intersection_id}/plan-applied"
+OUTCOME_TOPIC = "city/{city}/signals/{intersection_id}/outcome"
+_ALERT_CODEC = JsonCodec(Alert)
 _PLAN_CODEC = JsonCodec(SignalPlan)
 _PHASE_CODEC = JsonCodec(SignalPhaseChange)
 
@@ -79,6 +82,7 @@ class SignalController:
         self.phase_topic = PHASE_TOPIC.format(**fmt)
         self.plan_topic = PLAN_TOPIC.format(**fmt)
         self.applied_topic = APPLIED_TOPIC.format(**fmt)
+        self.outcome_topic = OUTCOME_TOPIC.format(**fmt)
         self.on_plan = on_plan
         self.check = check
         self.on_invalid = on_invalid
@@ -181,6 +185,9 @@ class SignalController:
 
     def publish_applied(self, plan: SignalPlan) -> None:
         self._client.publish(self.applied_topic, _PLAN_CODEC.encode(plan), qos=1, retain=True)
+
+    def publish_outcome(self, alert: Alert) -> None:
+        self._client.publish(self.outcome_topic, _ALERT_CODEC.encode(alert), qos=1)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Wait (bounded) for the broker's acks of what was published, then disconnect."""

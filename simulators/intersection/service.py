@@ -28,6 +28,7 @@ downstream from the first frame on.  ``--duration`` counts after the warm-up.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -47,7 +48,7 @@ from edge.camera.processing import Polygon
 from edge.camera.publisher import KafkaFramePublisher
 from edge.camera.sources import PlanSwitch, SimFrame, SimulatorSource
 from schemas.codecs import JsonCodec, dead_letter
-from schemas.messages import SignalPhaseChange, SignalPlan
+from schemas.messages import Alert, Severity, SignalPhaseChange, SignalPlan
 from schemas.topics import DEAD_LETTER_CODEC, TOPICS
 from simulators.intersection.calibration import build_calibration
 from simulators.intersection.camera import VirtualCamera
@@ -158,6 +159,8 @@ class ServiceConfig:
     capture: Path | None = None
     progress_interval_s: float = 10.0
     delay_report_s: float = 60.0  # simulated seconds between delay updates
+    #: simulated seconds under a newly installed plan before its measured delay is reported
+    outcome_after_s: float = 300.0
     workdir: Path | None = None
 
 
@@ -212,6 +215,7 @@ class IntersectionService:
         self.capture: CaptureOutput | None = None
         self.agent: CameraAgent | None = None
         self._announced = False
+        self._outcome: tuple[PlanSwitch, float] | None = None  # switch, when to report
         self._next_delay = cfg.delay_report_s
         self._stopping = threading.Event()
 
@@ -372,6 +376,9 @@ class IntersectionService:
         self.frames_rendered.inc()
         t = sf.step.sim_time
         self.sim_time.set(t)
+        if self._outcome is not None and t >= self._outcome[1]:
+            self._report_outcome(self._outcome[0], t)
+            self._outcome = None
         if t >= self._next_delay:
             self._next_delay = t + self.config.delay_report_s
             delay, _ = self.source.delay_under_current_plan()
@@ -385,6 +392,7 @@ class IntersectionService:
             return
         self.plans_applied.inc()
         self.delay_before.set(switch.delay_before_s)
+        self._outcome = (switch, switch.sim_time + self.config.outcome_after_s)
         log.info(
             "applied plan %s (cycle %g s) at sim %.1f s; average delay under %s was %.1f s "
             "over %d vehicles",
@@ -408,6 +416,38 @@ class IntersectionService:
                     "plan": plan.model_dump(mode="json"),
                 }
             )
+
+    def _report_outcome(self, switch: PlanSwitch, sim_time: float) -> None:
+        """The measured delay before and after a plan switch, as a controller's report
+        (``.../outcome`` over MQTT -> ``traffic.alerts``): what the operator's approval did."""
+        after, n_after = self.source.delay_under_current_plan()
+        iid, plan_id = self.config.intersection_id, switch.plan.plan_id
+        key = f"{iid}|{plan_id}|{switch.at.isoformat()}"
+        alert = Alert(
+            alert_id=f"outcome-{hashlib.sha256(key.encode()).hexdigest()[:24]}",
+            kind="plan_outcome",
+            severity=Severity.info,
+            source="traffic",
+            subject_id=iid,
+            raised_at=datetime.fromtimestamp(self.scene.sim.epoch(sim_time), UTC),
+            message=f"measured average delay {switch.delay_before_s:.1f} s per vehicle under "
+            f"{switch.previous_plan_id}, {after:.1f} s under {plan_id} "
+            f"({sim_time - switch.sim_time:.0f} s after it was installed)",
+            details={
+                "plan_id": plan_id,
+                "previous_plan_id": switch.previous_plan_id,
+                "delay_before_s": round(switch.delay_before_s, 2),
+                "delay_after_s": round(after, 2),
+                "vehicles_before": switch.vehicles_before,
+                "vehicles_after": n_after,
+                "measured_s": round(sim_time - switch.sim_time, 1),
+            },
+        )
+        log.info("plan %s: %s", plan_id, alert.message)
+        if self.controller is not None:
+            self.controller.publish_outcome(alert)
+        if self.truth is not None:
+            self.truth.write({"kind": "plan_outcome", **alert.model_dump(mode="json")})
 
     def _dead_letter(self, mqtt_topic: str, payload: bytes, exc: Exception) -> None:
         """A refused plan -> ``signal.plans.dlq`` with the reason (paho's thread)."""

@@ -94,9 +94,11 @@ def test_map_loads_with_its_layers(browser: Any, server: MapServer) -> None:
     layers = page.evaluate("window.citymap.layers")
     assert layers["districts"] == 6 and layers["intersections"] == 12
     assert layers["feeders"] == 24 and layers["violations"] > 0
-    assert page.locator("path.leaflet-interactive").count() >= 6 + 12
+    assert layers["roads"] == 12 * 8  # the SUMO junction network at every intersection
+    assert page.locator("path.leaflet-interactive").count() >= 6 + 12 + 96
     assert "vehicles/h" in page.inner_text("#summary")
-    assert page.locator(".leaflet-control-layers-overlays label").count() == 5
+    overlays = page.locator(".leaflet-control-layers-overlays label").all_inner_texts()
+    assert len(overlays) == 6 and "Roads" in overlays[0]
     shot(page, "01-overview-operator")
     page.close()
 

@@ -26,7 +26,7 @@ import pytest
 
 from citystream.testing import Record, Stack, free_port, wait_until
 from schemas.codecs import FrameCodec, JsonCodec
-from schemas.messages import SignalPhaseChange, SignalPlan
+from schemas.messages import Alert, SignalPhaseChange, SignalPlan
 from schemas.topics import DEAD_LETTER_CODEC
 
 cv2 = pytest.importorskip("cv2")
@@ -201,6 +201,8 @@ def test_intersection_service_end_to_end(
         str(port),
         "--progress-interval",
         "2",
+        "--outcome-after",
+        "3",
     )
     try:
         initial = sub.next_plan(timeout_s=60)  # announced when the first frame is out
@@ -274,6 +276,18 @@ def test_intersection_service_end_to_end(
     ran = stack.consume("signal.plans", count=2, timeout_s=30, where=_keyed(iid))
     plan_codec = JsonCodec(SignalPlan)
     assert [plan_codec.decode(r.value).plan_id for r in ran][-1] == plan.plan_id
+
+    # 3 simulated s after the switch the controller reports the delay it measured before and
+    # after, through the bridge to traffic.alerts (the map's intersection panel shows it)
+    [outcome] = stack.consume("traffic.alerts", count=1, timeout_s=30, where=_keyed(iid))
+    report = JsonCodec(Alert).decode(outcome.value)
+    assert report.kind == "plan_outcome" and report.subject_id == iid
+    assert report.details["plan_id"] == plan.plan_id
+    assert report.details["previous_plan_id"] == "fixed-1"
+    assert report.details["delay_before_s"] == switch["delay_before_s"]
+    assert report.details["measured_s"] >= 3.0
+    [reported] = [t for t in truth if t["kind"] == "plan_outcome"]
+    assert reported["alert_id"] == report.alert_id
 
     # the camera in the reference tables, with its calibration
     with stack.db() as conn:

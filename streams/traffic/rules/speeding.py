@@ -1,11 +1,12 @@
 """Speeding: ground speed, measured over at least ``min_length_m``, above limit + tolerance.
 
 The limit is the calibration's, per vehicle class where one is set (motorbikes and trucks
-often have their own).  Speed is the straight-line distance over a window of at least
-``min_length_m`` *and* half the track's own extent, divided by its duration: a camera's
-ground positions jitter by a metre or more at range, so a short window would turn box
-jitter into speed; half the track is long enough to average it out and short enough to
-catch a vehicle that slows down at the end.  The track must reach ``min_track_m``.
+often have their own).  Speed over a window is the straight-line distance between its ends
+(at least ``min_length_m`` apart) over the elapsed time; a camera's ground positions jitter
+by a metre or more at range, so the per-window speeds are smoothed by a running median over
+``smooth_windows`` consecutive windows before the highest is taken: a short burst of box
+jitter cannot make a speeder, a vehicle that speeds for a second or more (after waiting at a
+red light, say) still is one.  The track must reach ``min_track_m``.
 """
 
 from __future__ import annotations
@@ -24,28 +25,28 @@ from streams.traffic.tracks import MPS_TO_KMH, TrackHistory, window_speeds
 @dataclass(frozen=True)
 class SpeedingParams:
     tolerance_kmh: float = 5.0
-    min_length_m: float = 10.0
+    min_length_m: float = 20.0
+    smooth_windows: int = 9
     min_track_m: float = 15.0
     confident_margin_kmh: float = 10.0
 
 
-def window_length_m(track: TrackHistory, min_length_m: float) -> float:
-    """The measuring window: ``min_length_m``, or half the track's extent if longer."""
-    extent = float(np.linalg.norm(track.xy.max(axis=0) - track.xy.min(axis=0)))
-    return max(min_length_m, 0.5 * extent)
-
-
-def measured_speed_kmh(track: TrackHistory, min_length_m: float = 10.0) -> tuple[float, int]:
-    """The track's speed (km/h): the median over its measuring windows (the maximum of noisy
-    estimates is biased upwards), and the start index of the window that measured it
-    (-1: the track never spans one window)."""
-    v = window_speeds(track.t, track.xy, window_length_m(track, min_length_m))
+def measured_speed_kmh(
+    track: TrackHistory, min_length_m: float = 20.0, smooth_windows: int = 9
+) -> tuple[float, int]:
+    """The track's speed (km/h): the highest running median (over ``smooth_windows``
+    consecutive windows) of its windowed speeds, and the start index of the window at the
+    middle of that run (-1: the track never spans one window)."""
+    v = window_speeds(track.t, track.xy, min_length_m)
     ok = np.flatnonzero(~np.isnan(v))
     if len(ok) == 0:
         return 0.0, -1
-    med = float(np.median(v[ok]))
-    i = int(ok[np.argmin(np.abs(v[ok] - med))])
-    return med * MPS_TO_KMH, i
+    vv = v[ok]
+    k = max(1, min(smooth_windows, len(vv)))
+    runs = np.lib.stride_tricks.sliding_window_view(vv, k)
+    smooth = np.median(runs, axis=1)
+    j = int(np.argmax(smooth))
+    return float(smooth[j] * MPS_TO_KMH), int(ok[j + k // 2])
 
 
 def speeding(
@@ -59,7 +60,7 @@ def speeding(
             continue
         if tr.path_length_m < params.min_track_m:
             continue
-        speed, i = measured_speed_kmh(tr, params.min_length_m)
+        speed, i = measured_speed_kmh(tr, params.min_length_m, params.smooth_windows)
         limit = calibration.speed_limit_for(tr.vehicle_class)
         threshold = limit + params.tolerance_kmh
         if i < 0 or speed <= threshold:
@@ -78,7 +79,7 @@ def speeding(
                     "speed_kmh": round(speed, 2),
                     "limit_kmh": limit,
                     "tolerance_kmh": params.tolerance_kmh,
-                    "measured_over_m": round(window_length_m(tr, params.min_length_m), 1),
+                    "measured_over_m": params.min_length_m,
                 },
             )
         )
