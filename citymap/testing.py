@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 import uuid
@@ -14,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 from citystream.settings import CitymapSettings, DbSettings, Settings, TokenGrant
+from citystream.stack.private import free_port
 
 #: Tokens used by tests and the benchmark (never in production settings).
 TEST_TOKENS = {
@@ -46,13 +46,6 @@ def scratch_database(db: DbSettings) -> Iterator[DbSettings]:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def map_settings(base: Settings, db: DbSettings, **citymap: Any) -> Settings:

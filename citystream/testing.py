@@ -29,23 +29,12 @@ from typing import Any
 import pytest
 
 from citystream.settings import DbSettings, KafkaSettings, MqttSettings, Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from citystream.stack.private import child_env, private_settings
 
 
 def stack_settings(state_dir: Path) -> Settings:
     """Settings of a private stack under ``state_dir`` on free ports."""
-    return Settings(
-        state_dir=state_dir,
-        kafka=KafkaSettings(port=free_port(), controller_port=free_port()),
-        mqtt=MqttSettings(port=free_port()),
-        db=DbSettings(port=free_port()),
-    )
+    return private_settings(state_dir)
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -106,19 +95,8 @@ class Stack:
     settings: Settings
 
     def env(self) -> dict[str, str]:
-        """Environment for a child process: ``os.environ`` without any CITYSTREAM_* of the
-        caller (they could point elsewhere), plus this stack's endpoints."""
-        import os
-
-        s = self.settings
-        return {
-            **{k: v for k, v in os.environ.items() if not k.startswith("CITYSTREAM_")},
-            "CITYSTREAM_STATE_DIR": str(s.state_dir),
-            "CITYSTREAM_KAFKA__PORT": str(s.kafka.port),
-            "CITYSTREAM_KAFKA__CONTROLLER_PORT": str(s.kafka.controller_port),
-            "CITYSTREAM_MQTT__PORT": str(s.mqtt.port),
-            "CITYSTREAM_DB__PORT": str(s.db.port),
-        }
+        """Environment for a child process using this stack (see ``child_env``)."""
+        return child_env(self.settings)
 
     def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         from kafka import KafkaProducer

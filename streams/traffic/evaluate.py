@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +33,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from citystream.settings import DbSettings, KafkaSettings, MqttSettings, Settings
+from citystream.settings import Settings
+from citystream.stack.private import child_env, private_settings
 from citystream.table import format_table
 from streams.traffic.scoring import (
     Box,
@@ -117,36 +116,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --- the private stack and the pipeline ----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def private_settings(base: Settings, state_dir: Path) -> Settings:
-    """``base`` with its own state dir and embedded services on free loopback ports."""
-    return base.model_copy(
-        update={
-            "state_dir": state_dir,
-            "kafka": KafkaSettings(port=_free_port(), controller_port=_free_port()),
-            "mqtt": MqttSettings(port=_free_port()),
-            "db": DbSettings(port=_free_port()),
-        }
-    )
-
-
-def _env(s: Settings) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CITYSTREAM_")},
-        "CITYSTREAM_STATE_DIR": str(s.state_dir),
-        "CITYSTREAM_KAFKA__PORT": str(s.kafka.port),
-        "CITYSTREAM_KAFKA__CONTROLLER_PORT": str(s.kafka.controller_port),
-        "CITYSTREAM_MQTT__PORT": str(s.mqtt.port),
-        "CITYSTREAM_DB__PORT": str(s.db.port),
-    }
-
-
 class Pipeline:
     """The workers as child processes (``python -m citystream.cli ...``), logs in ``logs``."""
 
@@ -172,7 +141,7 @@ class Pipeline:
         with (self.logs / f"{name}.log").open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "citystream.cli", *args],
-                env=_env(self.settings),
+                env=child_env(self.settings),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -410,7 +379,7 @@ def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[st
     from citystream.kafka_topics import ensure_topics
     from citystream.stack.supervisor import down, up
 
-    settings = private_settings(base, workdir / "state")
+    settings = private_settings(workdir / "state", base)
     scenario = SCENARIOS[args.scenario]
     inter = f"eval-{args.scenario}-{args.seed}"
     camera = f"{inter}-cam-s"
