@@ -100,14 +100,14 @@ def window_speeds(t: FloatArray, xy: FloatArray, min_length_m: float) -> FloatAr
     arc = np.concatenate([[0.0], np.cumsum(step)])
     # the chord is never longer than the path: search from where the path reaches the length
     start = np.searchsorted(arc, arc + min_length_m, side="left")
-    for i in range(n):
-        for j in range(int(start[i]), n):
-            d = float(np.hypot(*(xy[j] - xy[i])))
-            if d >= min_length_m:
-                dt = float(t[j] - t[i])
-                if dt > 0:
-                    out[i] = d / dt
-                break
+    for i in np.flatnonzero(start < n):  # one vectorised scan per start point, no inner loop
+        far = np.hypot(*(xy[start[i] :] - xy[i]).T) >= min_length_m
+        k = int(np.argmax(far))
+        if far[k]:
+            j = int(start[i]) + k
+            dt = float(t[j] - t[i])
+            if dt > 0:
+                out[i] = float(np.hypot(*(xy[j] - xy[i]))) / dt
     return out
 
 
