@@ -40,8 +40,8 @@ from typing import Any
 
 from citystream.metrics import quantile
 from citystream.settings import Settings, load_settings
+from citystream.stack.private import free_port
 from citystream.table import format_table
-from citystream.testing import free_port
 from schemas import messages as m
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -51,8 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from citystream.settings import Settings
+from citystream.stack.private import free_port
 from citystream.table import format_table
-from citystream.testing import Stack, free_port, stack_settings, start_stack
+from citystream.testing import Stack, stack_settings, start_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 TS_HOLE = b"\x00TS\x00"  # where the reading timestamp goes in a payload template

@@ -224,7 +224,8 @@ def start_city(args: argparse.Namespace, settings: Settings) -> tuple[Any, datet
     first interval start of the live gateway."""
     from citystream.capture.lag import wait_for_drain
     from citystream.stack import workers
-    from citystream.testing import free_port, start_stack
+    from citystream.stack.private import free_port
+    from citystream.testing import start_stack
     from simulators.meters.seed import seed_reference
     from simulators.meters.topology import CityConfig, build_city
 

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import pytest
 
-from citystream.testing import Stack, free_port
+from citystream.stack.private import free_port
+from citystream.testing import Stack
 from schemas.topics import DEAD_LETTER_CODEC
 from simulators.meters.block import to_readings
 from simulators.meters.generator import MeterSimulator

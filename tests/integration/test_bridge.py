@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from citystream.settings import Settings
-from citystream.testing import free_port
+from citystream.stack.private import free_port
 from schemas import messages as m
 from schemas.topics import DEAD_LETTER_CODEC
 

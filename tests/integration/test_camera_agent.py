@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from citystream.testing import Record, Stack, free_port, wait_until
+from citystream.stack.private import free_port
+from citystream.testing import Record, Stack, wait_until
 from schemas.codecs import FrameCodec, JsonCodec
 from schemas.messages import Alert, SignalPhaseChange, SignalPlan
 from schemas.topics import DEAD_LETTER_CODEC

@@ -25,8 +25,9 @@ import pytest
 from citystream.metrics import Registry
 from citystream.settings import MqttSettings
 from citystream.stack.mosquitto import mosquitto_bin
+from citystream.stack.private import free_port
 from citystream.stack.process import port_open
-from citystream.testing import Stack, free_port
+from citystream.testing import Stack
 from edge.meter.agent import AgentConfig, MeterAgent
 from edge.outbox import Outbox
 from schemas.codecs import JsonCodec

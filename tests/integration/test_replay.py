@@ -16,11 +16,11 @@ import pytest
 from citystream.capture import CaptureReader, read_capture
 from citystream.capture.lag import DrainTimeout
 from citystream.kafka_topics import ensure_topics
+from citystream.stack.private import free_port
 from citystream.testing import (
     Stack,
     capture_path,
     consumer_lag,
-    free_port,
     replay_capture,
     wait_for_drain,
 )
