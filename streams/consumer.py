@@ -50,6 +50,8 @@ _REBALANCE_ERRORS = (
 #: Upper bound of the clients' reconnect back-off (kafka-python's default, 30 s, keeps a
 #: worker idle for up to that long after the broker is back).
 RECONNECT_BACKOFF_MAX_MS = 1000
+#: Seconds of commits refused by a rebalance after which the consumer is replaced.
+REJOIN_S = 30.0
 
 
 class ConsumerLoop(ABC):
@@ -81,6 +83,10 @@ class ConsumerLoop(ABC):
         self.commit_errors = self.registry.counter(
             "commit_errors_total", "Offset commits skipped on a retriable error (retried)"
         )
+        self.rejoins = self.registry.counter(
+            "rejoins_total", "Consumers replaced after a group rebalance that never completed"
+        )
+        self._failing_since: float | None = None
         self._stop = threading.Event()
         self.consumer: Any = None
         self.producer: Any = None
@@ -124,10 +130,22 @@ class ConsumerLoop(ABC):
     # -- loop -----------------------------------------------------------------------------
 
     def connect(self) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
+        from kafka import KafkaProducer
+
+        self.consumer = self._new_consumer()
+        self.producer = KafkaProducer(
+            bootstrap_servers=self.settings.kafka.bootstrap,
+            acks="all",
+            linger_ms=5,
+            batch_size=256 * 1024,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+        )
+
+    def _new_consumer(self) -> Any:
+        from kafka import KafkaConsumer
 
         bootstrap = self.settings.kafka.bootstrap
-        self.consumer = KafkaConsumer(
+        consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -138,21 +156,23 @@ class ConsumerLoop(ABC):
         )
         # Subscribe only once the topics' metadata is known: a group joined before that is
         # assigned nothing for those topics until the next metadata refresh.
-        missing = [t for t in self.topics if not self.consumer.partitions_for_topic(t)]
+        missing = [t for t in self.topics if not consumer.partitions_for_topic(t)]
         if missing:
             log.warning(
                 "%s: topics not (yet) on the broker: %s; run `citystream up` to create them",
                 self.name,
                 ", ".join(missing),
             )
-        self.consumer.subscribe(list(self.topics))
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            linger_ms=5,
-            batch_size=256 * 1024,
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
-        )
+        consumer.subscribe(list(self.topics))
+        return consumer
+
+    def _rejoin(self) -> None:
+        """A new consumer in the group: it resumes from the last committed offsets (what was
+        handled since is handled again and collapses on the natural keys)."""
+        self.consumer.close(autocommit=False)
+        self._handled.clear()
+        self.consumer = self._new_consumer()
+        self.rejoins.inc()
 
     def run(self) -> None:
         if self.consumer is None:
@@ -219,8 +239,17 @@ class ConsumerLoop(ABC):
                 # the next poll rejoins and resumes from the last commit; what is consumed
                 # twice collapses on the natural keys downstream and in the stages' dedup.
                 self.commit_errors.inc()
+                now = time.monotonic()
+                self._failing_since = self._failing_since or now
+                if isinstance(exc, _REBALANCE_ERRORS) and now - self._failing_since > REJOIN_S:
+                    # seen here: a join that never completes; a fresh member does complete it
+                    log.error("%s: rebalance stuck for %.0f s; rejoining", self.name, REJOIN_S)
+                    self._failing_since = None
+                    self._rejoin()
+                    return
                 log.warning("%s: offset commit failed (%s); retrying", self.name, exc)
                 return
+            self._failing_since = None
             self.commits.inc()
 
     def close(self) -> None:
