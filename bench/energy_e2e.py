@@ -2,15 +2,17 @@
 DB sink -> TimescaleDB, on a private stack it starts and tears down itself (loopback only).
 
 1. starts Kafka, Mosquitto and TimescaleDB in a temporary state dir on free ports
-   (``citystream.testing.start_stack``) and seeds the default city (3,000 meters);
+   (``citystream.testing.start_stack``) and seeds a city of ``--meters`` (30,000);
 2. starts the workers as subprocesses: the bridge (``python -m edge.bridge``), the energy
    router and aggregator, and the DB sink for ``meter.readings energy.load energy.alerts``;
-3. per phase, publisher processes send ``MeterBatch`` messages (``--batch`` readings of the
-   seeded meters) at QoS 1 to ``city/hcm/meters/{gateway}/readings`` at ``--rate``
-   readings/s for ``--duration`` s.  Every batch has its own reading ``ts`` = wall clock at
-   publish (ms), so the DB is polled every ``--poll`` s for the batches whose rows are all
-   visible: latency = first poll that sees the batch complete - ts (includes up to one poll
-   interval).  Sustained readings/s = rows made visible per second after ``--warmup``;
+3. per phase, publisher processes send ``MeterBatch`` messages (``--batch`` readings of
+   consecutive meters of one district, as a data concentrator's meters sit on one feeder;
+   ``--mixed-batches``: batches spanning districts, which the router must split) at QoS 1
+   to ``city/hcm/meters/{gateway}/readings`` at ``--rate`` readings/s for ``--duration`` s.
+   Every batch has its own reading ``ts`` = wall clock at publish (ms), so the DB is
+   polled every ``--poll`` s for the batches whose rows are all visible: latency = first
+   poll that sees the batch complete - ts (includes up to one poll interval).  Sustained
+   readings/s = rows made visible per second after ``--warmup``;
    backlog = published but not yet visible when publishing stops (and after ``--drain``);
 4. if the target rate is not sustained (visible < 95% of it, p99 >= 5 s or rows missing),
    the same phase runs again at ``--fallback-rate``;
@@ -26,11 +28,13 @@ examples:
   python bench/energy_e2e.py                                 # 50,000/s for 60 s (+ 20,000/s)
   python bench/energy_e2e.py --rate 20000 --duration 30 --fallback-rate 0
   python bench/energy_e2e.py --rate 5000 --duration 20 --batch 500 --publishers 2
+  python bench/energy_e2e.py --rate 35000 --meters 3000 --mixed-batches   # session-2 shape
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -50,6 +54,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from citystream.settings import Settings
 from citystream.stack.private import free_port
 from citystream.table import format_table
@@ -63,29 +69,49 @@ P99_AIM_S = 5.0
 # --- payloads ------------------------------------------------------------------------------------
 
 
-def build_templates(n_meters: int, batch: int, seed: int, variants: int) -> list[list[bytes]]:
-    """Pieces of MeterBatch readings JSON, ``TS_HOLE`` splitting them: ``ts.join(pieces)``.
+Template = tuple[str, list[bytes]]  # (gateway id, readings JSON pieces split at TS_HOLE)
 
-    Meters of the seeded city in chunks of ``batch``; values from the simulator's clean energy
-    at ``variants`` different times of day, so each meter sees plausible, changing readings."""
+
+def build_templates(
+    n_meters: int, batch: int, seed: int, variants: int, *, mixed: bool = False
+) -> list[Template]:
+    """Gateway batches of ``batch`` readings: ``ts.join(pieces)`` is the readings JSON array.
+
+    Each batch holds consecutive meters of one district, sent by the gateway of its first
+    meter: as in a real city, where a data concentrator's meters sit on one feeder.  With
+    ``mixed`` batches are plain chunks of the city's meters that may span districts and
+    gateways round-robin (the router then splits every batch).  Values come from the
+    simulator's clean energy at ``variants`` times of day, so each meter sees plausible,
+    changing readings."""
     from simulators.meters import CityConfig, MeterSimulator, build_city, meter_id
 
     city = build_city(CityConfig(n_meters=n_meters, seed=seed))
     sim = MeterSimulator(city, seed=seed)
+    district = city.district_of_feeder[city.feeder_idx]
+    if mixed:
+        spans = [(0, city.n_meters)]
+    else:
+        cuts = [0, *(np.flatnonzero(np.diff(district)) + 1).tolist(), city.n_meters]
+        spans = list(itertools.pairwise(cuts))
+    chunks = [lo for a, b in spans for lo in range(a, b - batch + 1, batch)]
+    if not chunks:
+        raise SystemExit(
+            f"--batch {batch} is larger than a district of the city ({n_meters} meters): "
+            "use more --meters, a smaller --batch or --mixed-batches"
+        )
     t0 = int(datetime(2026, 3, 2, tzinfo=UTC).timestamp())
-    out = []
+    out: list[Template] = []
     for v in range(variants):
         imp, exp = sim.true_energy(t0 + (v + 1) * 86400 // variants // 900 * 900)
-        for lo in range(0, city.n_meters - batch + 1, batch):
+        for n, lo in enumerate(chunks):
             parts = [
                 b'{"meter_id":"%s","ts":"%s","interval_s":900,"import_kwh":%r,"export_kwh":%r}'
                 % (meter_id(i).encode(), TS_HOLE, float(imp[i]), float(exp[i]))
                 for i in range(lo, lo + batch)
             ]
-            out.append(b"[" + b",".join(parts) + b"]")
-    if not out:
-        raise SystemExit(f"--batch {batch} is larger than the city ({n_meters} meters)")
-    return [t.split(TS_HOLE) for t in out]
+            g = n % city.n_gateways if mixed else int(city.gateway_idx[lo])
+            out.append((city.gateway_id(g), (b"[" + b",".join(parts) + b"]").split(TS_HOLE)))
+    return out
 
 
 def ts_text(ms: int) -> bytes:
@@ -108,8 +134,7 @@ def publisher(
     n_pub: int,
     host: str,
     port: int,
-    templates: list[list[bytes]],
-    gateways: list[str],
+    templates: list[Template],
     batch: int,
     rate: float,
     duration: float,
@@ -130,7 +155,8 @@ def publisher(
     client.connect(host, port)
     client.loop_start()
     per_s = rate / batch / n_pub
-    sent, last_ms, k, seqs = 0, 0, 0, dict.fromkeys(gateways, 0)
+    sent, last_ms, k = 0, 0, 0
+    seqs = dict.fromkeys((gw for gw, _ in templates), 0)
     behind = 0.0
     time.sleep(max(0.0, start_at - time.time()))
     t0 = time.monotonic()
@@ -147,8 +173,8 @@ def publisher(
         ms = max(int(time.time() * 1000), last_ms + 1)
         ms += (p - ms) % n_pub
         last_ms = ms
-        gw = gateways[(k * n_pub + p) % len(gateways)]
-        body = payload(gw, seqs[gw], ms, templates[(k * n_pub + p) % len(templates)])
+        gw, pieces = templates[(k * n_pub + p) % len(templates)]
+        body = payload(gw, seqs[gw], ms, pieces)
         seqs[gw] += 1
         infos.append(client.publish(f"city/hcm/meters/{gw}/readings", body, qos=1))
         out.put(("pub", ms, batch))
@@ -400,8 +426,7 @@ def run_phase(
     stack: Stack,
     workers: dict[str, Worker],
     tracker: Tracker,
-    templates: list[list[bytes]],
-    gateways: list[str],
+    templates: list[Template],
     args: argparse.Namespace,
     rate: float,
     roots: dict[str, int],
@@ -413,7 +438,7 @@ def run_phase(
     start_at = time.time() + 3.0  # publishers import paho meanwhile
     pubs = [
         ctx.Process(target=publisher, args=(p, args.publishers, stack.settings.mqtt.host,
-                    stack.settings.mqtt.port, templates, gateways, args.batch, rate,
+                    stack.settings.mqtt.port, templates, args.batch, rate,
                     args.duration, start_at, events), daemon=True)
         for p in range(args.publishers)
     ]  # fmt: skip
@@ -537,13 +562,13 @@ def sustained_ok(r: dict[str, Any]) -> bool:
 # --- baseline ------------------------------------------------------------------------------------
 
 
-def baseline(dsn: str, templates: list[list[bytes]], rows: int, batch_size: int) -> dict[str, Any]:
+def baseline(dsn: str, templates: list[Template], rows: int, batch_size: int) -> dict[str, Any]:
     """The same readings written straight to meter_readings with the sink's CopyWriter."""
     from citystream.db.copy_writer import CopyWriter
     from citystream.db.tables import METER_READINGS
 
     t0 = datetime(2020, 1, 6, tzinfo=UTC)
-    parsed = [json.loads(b"1970-01-01T00:00:00Z".join(t)) for t in templates]
+    parsed = [json.loads(b"1970-01-01T00:00:00Z".join(t)) for _, t in templates]
     data: list[tuple[Any, ...]] = []
     k = 0
     while len(data) < rows:
@@ -566,7 +591,7 @@ def baseline(dsn: str, templates: list[list[bytes]], rows: int, batch_size: int)
 
 
 def pipeline_run(
-    args: argparse.Namespace, rate: float, templates: list[list[bytes]], *, baseline_after: bool
+    args: argparse.Namespace, rate: float, templates: list[Template], *, baseline_after: bool
 ) -> tuple[dict[str, Any], float, dict[str, Any]]:
     """On a fresh private stack: seed, start the workers, prime, run one phase at ``rate``
     (none when 0), stop the workers; then the baseline if asked.  Tears the stack down."""
@@ -591,7 +616,6 @@ def pipeline_run(
         with stack.db() as conn:
             print(f"  seeded {seed_reference(conn, city)}", flush=True)
         if rate:
-            gateways = [city.gateway_id(g) for g in range(city.n_gateways)]
             logs = state / "bench-logs"
             logs.mkdir()
             workers = start_workers(stack, logs, tag)
@@ -602,13 +626,13 @@ def pipeline_run(
             once = argparse.Namespace(
                 **{**vars(args), "duration": 1.0, "drain": 120.0, "warmup": 0.0, "publishers": 1}
             )
-            prime = run_phase(stack, workers, tracker, templates, gateways, once, args.batch, roots)
+            prime = run_phase(stack, workers, tracker, templates, once, args.batch, roots)
             if prime["missing_batches_after_drain"]:
                 tails = "\n".join(f"--- {w.name}\n{w.tail()}" for w in workers.values())
                 raise SystemExit(f"the pipeline did not deliver the priming batch:\n{tails}")
             prime_s = prime["latency_max_s"]
             print(f"  primed: first batch visible after {prime_s:.1f} s", flush=True)
-            result = run_phase(stack, workers, tracker, templates, gateways, args, rate, roots)
+            result = run_phase(stack, workers, tracker, templates, args, rate, roots)
             tracker.stop.set()
             poller.join(timeout=5)
             stop_workers(workers)
@@ -652,7 +676,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     a("--batch", type=int, default=1000, help="readings per MeterBatch (%(default)s)")
     a("--publishers", type=int, default=1, help="publisher processes (%(default)s)")
-    a("--meters", type=int, default=3000, help="meters of the seeded city (%(default)s)")
+    a("--meters", type=int, default=30_000, help="meters of the seeded city (%(default)s)")
+    a(
+        "--mixed-batches",
+        action="store_true",
+        help="batches span districts (the router splits each) instead of one district each",
+    )
     a("--seed", type=int, default=0, help="city seed (%(default)s)")
     a("--poll", type=float, default=0.2, help="DB poll interval, s (%(default)s)")
     a("--baseline-rows", type=int, default=1_000_000, help="rows of the baseline (%(default)s)")
@@ -660,7 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     a("--out", type=Path, default=ROOT / "bench" / "results" / "energy_e2e.json")
     args = parser.parse_args(argv)  # fmt: skip
     wall0 = time.monotonic()
-    templates = build_templates(args.meters, args.batch, args.seed, variants=8)
+    templates = build_templates(
+        args.meters, args.batch, args.seed, variants=8, mixed=args.mixed_batches
+    )
     phases: list[dict[str, Any]] = []
     primes: list[float] = []
     base: dict[str, Any] = {}

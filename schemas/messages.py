@@ -25,6 +25,10 @@ SCHEMA_VERSION = 1
 
 
 def _to_utc(value: datetime) -> datetime:
+    # Hot path (every reading passes here at each stage): a UTC value (offset zero, as our
+    # own encoders write it) is kept as parsed instead of being rebuilt by ``astimezone``.
+    if not value.utcoffset():
+        return value
     try:
         return value.astimezone(UTC)
     except OverflowError:

@@ -234,7 +234,9 @@ class MqttRoute:
                 f"{self.id_field} {payload_id!r} in the payload does not match {topic_id!r} "
                 f"in the MQTT topic {mqtt_topic!r}"
             )
-        return (target.name, target.key_of(message), target.codec.encode(message))
+        # The payload passed validation: forward its bytes rather than re-encoding them (the
+        # bridge carries every reading of the city; consumers validate again on decode).
+        return (target.name, target.key_of(message), payload)
 
 
 MQTT_ROUTES: tuple[MqttRoute, ...] = (

@@ -6,13 +6,11 @@ This module imports nothing heavy, so building the ``citystream`` parser stays f
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 
 from citystream.settings import MqttSettings, Settings, load_settings
-from citystream.worker import add_worker_arguments, setup_logging
+from citystream.worker import add_worker_arguments, run_until_signalled, setup_logging
 
 EXAMPLES = """examples:
   citystream bridge
@@ -74,17 +72,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     bridge = create_bridge(settings, config, metrics_port=args.metrics_port)
 
-    def on_signal(signum: int, frame: object) -> None:
-        logging.getLogger("citystream.bridge").info("%s: stopping", signal.Signals(signum).name)
-        bridge.stop()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        bridge.run()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return 0
+    # the bridge serves its own /metrics (it starts the server once connected)
+    return run_until_signalled("bridge", bridge.run, bridge.stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -150,6 +150,8 @@ class _MeterState:
         "last_ts",
         "level",
         "low_ring",
+        "ring_base",
+        "ring_got",
         "repeat_rate",
         "repeat_run",
         "scale",
@@ -176,6 +178,22 @@ class _MeterState:
         self.active = 0
         self.high = 0.0
         self.low_ring: deque[tuple[float, float]] = deque(maxlen=ring)
+        self.ring_got = 0.0  # running sums over low_ring (import, baseline)
+        self.ring_base = 0.0
+
+    def ring_push(self, imp: float, level: float) -> None:
+        ring = self.low_ring
+        if len(ring) == ring.maxlen:
+            old_imp, old_level = ring[0]
+            self.ring_got -= old_imp
+            self.ring_base -= old_level
+        ring.append((imp, level))
+        self.ring_got += imp
+        self.ring_base += level
+
+    def ring_clear(self) -> None:
+        self.low_ring.clear()
+        self.ring_got = self.ring_base = 0.0
 
 
 class AnomalyDetector:
@@ -338,10 +356,9 @@ class AnomalyDetector:
         # tamper: rolling import against the baseline of the same hours
         usable = warm and imp > 0.0 and level > cfg.outage_min_kwh and not (solar and daytime)
         if usable:
-            st.low_ring.append((imp, level))
+            st.ring_push(imp, level)
             if len(st.low_ring) == st.low_ring.maxlen:
-                got = sum(v for v, _ in st.low_ring)
-                base = sum(b for _, b in st.low_ring)
+                got, base = st.ring_got, st.ring_base
                 if got < cfg.tamper_fraction * base:
                     suspicious = True
                     self._raise(
@@ -359,7 +376,7 @@ class AnomalyDetector:
             if st.active & _BIT[AnomalyKind.tamper] or imp < cfg.tamper_fraction * level:
                 suspicious = True
         elif not (solar and daytime):
-            st.low_ring.clear()
+            st.ring_clear()
 
         # baseline update: skipped while anything looks wrong, once the slot is warm
         if shifting:

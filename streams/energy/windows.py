@@ -101,6 +101,11 @@ class WindowAggregator:
         wm = self._watermark()
         return None if wm is None else datetime.fromtimestamp(wm, UTC)
 
+    @property
+    def watermark_s(self) -> float | None:
+        """:attr:`watermark` in epoch seconds (no datetime built: read per reading)."""
+        return self._watermark()
+
     def _watermark(self) -> float | None:
         if self._max_event is None:
             return None

@@ -81,6 +81,20 @@ def test_tamper_sustained_drop() -> None:
     assert float(found[0].details["ratio"]) < 0.45
 
 
+def test_tamper_ring_running_sums_match_the_ring() -> None:
+    from streams.energy.anomalies import _MeterState
+
+    st = _MeterState(ring=16)
+    rng = np.random.default_rng(3)
+    for k in range(5000):
+        if k % 977 == 0:
+            st.ring_clear()
+        st.ring_push(float(rng.gamma(2.0, 0.5)), float(rng.uniform(0.1, 3.0)))
+        assert st.ring_got == pytest.approx(sum(v for v, _ in st.low_ring), rel=1e-9)
+        assert st.ring_base == pytest.approx(sum(b for _, b in st.low_ring), rel=1e-9)
+    assert len(st.low_ring) == 16
+
+
 def test_spike_far_above_robust_baseline() -> None:
     v = normal_series()
     v[at(DAYS, 11)] = 1.5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -31,6 +31,20 @@ def test_batch_is_one_record_keyed_by_gateway() -> None:
     [(topic, key, value)] = result.records
     assert (topic, key) == ("meter.readings", b"gw-1")
     assert TOPICS["meter.readings"].codec.decode(value) == batch
+
+
+def test_valid_payload_is_forwarded_as_sent() -> None:
+    """No re-encoding on the hot path: the validated bytes go on, local offsets included."""
+    raw = (
+        b'{"gateway_id": "gw-1", "batch_seq": 7, "sent_at": "2026-03-02T08:00:00+07:00",'
+        b' "readings": [{"meter_id": "m-1", "ts": "2026-03-02T07:45:00+07:00",'
+        b' "import_kwh": 0.25}]}'
+    )
+    [(topic, key, value)] = plan(METER_TOPIC, raw, now=NOW).records
+    assert (topic, key, value) == ("meter.readings", b"gw-1", raw)
+    decoded = TOPICS["meter.readings"].codec.decode(value)
+    assert decoded.readings[0].ts == datetime(2026, 3, 2, 0, 45, tzinfo=UTC)
+    assert decoded.readings[0].ts.utcoffset() == timedelta(0)
 
 
 def test_phase_change_is_one_record_keyed_by_intersection() -> None:

@@ -38,6 +38,7 @@ def test_window_closes_when_watermark_passes_its_end() -> None:
     (d,) = loads(out, LoadScope.district)
     assert d.scope_id == "d1" and d.energy_kwh == pytest.approx(2.5)
     assert agg.watermark == T0 + timedelta(minutes=15)
+    assert agg.watermark_s == (T0 + timedelta(minutes=15)).timestamp()
 
 
 @pytest.mark.parametrize(
