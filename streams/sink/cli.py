@@ -30,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Kafka consumer group (default: %(default)s)",
     )
     parser.add_argument(
-        "--batch-rows", type=int, default=20_000, help="records per DB batch (default: %(default)s)"
+        "--batch-rows",
+        type=int,
+        default=20_000,
+        help="rows buffered before a DB write (else every second) (default: %(default)s)",
     )
     parser.add_argument(
         "--max-delay",

@@ -87,6 +87,7 @@ class DbSink(ConsumerLoop):
         self.db_errors = r.counter("db_errors_total", "Failed flushes (retried)")
         self._writers: dict[str, CopyWriter] = {}
         self._buffer: list[_Buffered] = []
+        self._buffered_rows = 0
 
     # -- per record -----------------------------------------------------------------------
 
@@ -106,7 +107,8 @@ class DbSink(ConsumerLoop):
                 self.settings.db.dsn, spec, batch_size=min(self.config.batch_rows * 4, 1_000_000)
             )
         self._buffer.append(_Buffered(t, key, value or b"", partition, offset, spec.name, rows))
-        if len(self._buffer) >= self.config.batch_rows:
+        self._buffered_rows += len(rows)
+        if self._buffered_rows >= self.config.batch_rows:
             self.commit()
 
     # -- batches --------------------------------------------------------------------------
@@ -133,6 +135,7 @@ class DbSink(ConsumerLoop):
                 if self._stop.wait(self.config.retry_backoff_s):
                     raise
         self._buffer.clear()
+        self._buffered_rows = 0
         self.flush_s.observe(time.monotonic() - started)
         return handled
 
