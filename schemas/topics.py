@@ -211,7 +211,9 @@ class MqttRoute:
 
     The payload must be a valid message of the Kafka topic's schema; ``id_level`` is the
     index of the MQTT topic level that must equal the payload's ``id_field`` (a device
-    cannot speak for another).  The record carries the canonical re-encoding (UTC times).
+    cannot speak for another).  The record carries the payload's bytes as they came:
+    validated, not re-encoded (consumers decode with the same codec, which normalises times
+    to UTC).
     """
 
     pattern: str
