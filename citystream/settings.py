@@ -205,6 +205,29 @@ class TrafficSettings(_Frozen):
     frame_buffer_s: float = Field(
         12.0, gt=0, le=120, description="Seconds of frames kept per camera for evidence"
     )
+    track_max_age_s: float = Field(
+        300.0,
+        ge=10,
+        le=86400,
+        description="An open track older than this (event time: a parked vehicle, a static "
+        "false detection) is judged on what was seen so far and cut to its tail, so that it "
+        "cannot hold the committed offsets back",
+    )
+    track_tail_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="History kept of a track cut at track_max_age_s (at least the camera's "
+        "longest no-stopping dwell limit + 1 s; the age cap is raised to two tails if shorter)",
+    )
+    camera_gone_s: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="Wall-clock seconds without tracks from a camera (nothing left to fetch) "
+        "after which it is retired although its tracks lag its frames (vision worker down): "
+        "its open tracks are judged and its open count window is emitted as it is",
+    )
     camera_refresh_s: float = Field(
         5.0, gt=0, le=3600, description="How often camera calibrations are re-read from the DB"
     )

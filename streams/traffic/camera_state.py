@@ -4,11 +4,17 @@ A :class:`CameraState` holds the camera's open tracks (:class:`TrackStore`), its
 (:class:`LaneCounter`) and its last seconds of frames (:class:`FrameRing`).  Feed it the
 camera's ``TrackBatch`` es and frames in time order; it
 
-* counts lanes per window (:meth:`add_batch` returns the rows of closed windows);
+* counts lanes per window (:meth:`add_batch` returns the rows of closed windows): a window
+  closes when the camera's event time reaches its end, never by wall-clock time;
 * judges a track once it has been unseen for ``track_idle_s`` (event time) with every rule
   (:meth:`expire`), and builds an :class:`~streams.traffic.evidence.Evidence` for each
   violation: frames before/after, a crop of the vehicle, its trajectory, the signal states,
   the calibration and the model version;
+* judges a track that is still open but older than ``track_max_age_s`` (a parked vehicle, a
+  static false detection) on what was seen so far and cuts it to its last ``track_tail_s``
+  (:class:`Cut`), so that no track holds the worker's commit point for ever.  The tail is at
+  least the camera's longest no-stopping dwell limit (+1 s), so a stop that began before the
+  cut is still judged in full, and the age cap at least two tails;
 * because a track is judged only after it ended, frames around a violation early in a long
   track (a vehicle stopped for a minute) would have left the ring by then: every
   ``snapshot_every_s`` it evaluates the rules on the *open* tracks and keeps the frames
@@ -16,7 +22,11 @@ camera's ``TrackBatch`` es and frames in time order; it
 
 Replays after a crash start at the first record of the oldest open track, so a track that
 was already judged may be replayed in part: :attr:`judged` (restored by the worker after a
-restart) holds the last time of each judged track, and observations up to it are dropped.
+restart) holds the time up to which each judged (or cut) track was judged, and its
+observations up to it are dropped by the track store (lane counts still see them: a replay
+rebuilds the open window from its first record).  :attr:`fired` holds the kinds of the
+violations each recent track was found with; a later segment of the same track id (after a
+cut, a gap, a restart) never reports those kinds again.  Both are a :class:`CameraMemory`.
 """
 
 from __future__ import annotations
@@ -43,6 +53,12 @@ class StateConfig:
     frame_buffer_s: float = 12.0
     frames_each_side: int = 3
     snapshot_every_s: float = 1.0
+    track_max_age_s: float = 300.0
+    track_tail_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.track_max_age_s <= 2 * self.track_idle_s:
+            raise ValueError("track_max_age_s must be more than twice track_idle_s")
 
 
 @dataclass(frozen=True)
@@ -62,9 +78,41 @@ class Judged:
 
 
 @dataclass(frozen=True)
+class Cut:
+    """An open track older than ``track_max_age_s``, judged and cut to its tail: its points
+    up to ``dropped_until`` are forgotten, the first one kept is at ``kept_from``."""
+
+    track_id: int
+    dropped_until: float
+    kept_from: float
+
+
+@dataclass(frozen=True)
 class Expired:
     closed: tuple[TrackHistory, ...] = ()
     judged: tuple[Judged, ...] = ()
+    cut: tuple[Cut, ...] = ()
+
+
+#: track id -> (its last time when judged, the kinds of violation found on it)
+Fired = dict[int, tuple[float, frozenset[ViolationKind]]]
+
+
+@dataclass
+class CameraMemory:
+    """What a camera's judgements leave behind for a replay (restart) or a later segment:
+    ``judged``: track id -> time up to which its observations were judged;
+    ``fired``: track id -> (last time, kinds) of recent tracks with violations."""
+
+    judged: dict[int, float] = field(default_factory=dict)
+    fired: Fired = field(default_factory=dict)
+
+    def merge(self, other: CameraMemory) -> None:
+        for tid, t in other.judged.items():
+            self.judged[tid] = max(t, self.judged.get(tid, -math.inf))
+        for tid, (t, kinds) in other.fired.items():
+            prev = self.fired.get(tid)
+            self.fired[tid] = (t, kinds) if prev is None else (max(t, prev[0]), prev[1] | kinds)
 
 
 @dataclass
@@ -105,6 +153,8 @@ class CameraState:
     #: judged track id -> its last time, restored after a restart: observations of the
     #: track up to that time are a replay of a track already judged
     judged: dict[int, float] = field(default_factory=dict)
+    #: track id -> (last time judged, kinds found): not reported again for that track
+    fired: Fired = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         cal, cfg = self.calibration, self.config
@@ -113,10 +163,28 @@ class CameraState:
         self.ring = FrameRing(cfg.frame_buffer_s)
         self._snapshots: dict[tuple[int, ViolationKind], _Snapshot] = {}
         self._next_tick = -math.inf
+        # the tail of a cut track covers the longest dwell limit (a stop that began before
+        # the cut is judged as without it), and a track lives at least two tails
+        dwell = max((z.max_dwell_s for z in cal.zones_of("no_stopping")), default=0.0)
+        self.tail_s = max(cfg.track_tail_s, dwell + 1.0)
+        self.max_age_s = max(cfg.track_max_age_s, 2 * self.tail_s)
 
     @property
     def camera_id(self) -> str:
         return self.calibration.camera_id
+
+    @property
+    def oldest_open_age_s(self) -> float:
+        """Event-time age of the oldest open track (0 with none)."""
+        return self.now - min(self.open.values()) if self.open else 0.0
+
+    def memory(self) -> CameraMemory:
+        return CameraMemory(dict(self.judged), dict(self.fired))
+
+    def restore(self, memory: CameraMemory) -> None:
+        mine = self.memory()
+        mine.merge(memory)
+        self.judged, self.fired = mine.judged, mine.fired
 
     # --- input ---------------------------------------------------------------------------
     def add_batch(self, batch: TrackBatch) -> BatchResult:
@@ -140,11 +208,13 @@ class CameraState:
         start = math.floor(t / w) * w
         new_window = start != self.window_start
         self.window_start = start
+        # every observation: a replay rebuilds the open window from its first record, the
+        # parts of judged tracks in it included
         counts = self.counter.add_frame(
             t,
             [
                 Observation(o.track_id, o.vehicle_class, o.ground_xy, o.speed_kmh)
-                for o in kept
+                for o in batch.tracks
                 if o.ground_xy is not None
             ],
         )
@@ -180,21 +250,45 @@ class CameraState:
 
     # --- judgement -----------------------------------------------------------------------
     def expire(self, signals: SignalTimeline, *, flush: bool = False) -> Expired:
-        """Judge the tracks unseen for ``track_idle_s`` (all open tracks with ``flush``)."""
-        now = math.inf if flush else self.now
-        closed = self.store.expire(now, self.config.track_idle_s)
-        if not closed:
+        """Judge the tracks unseen for ``track_idle_s`` (all open tracks with ``flush``) and
+        the open ones older than ``track_max_age_s``, which are then cut to their tail.
+        Both by event time: call it after every batch."""
+        cfg = self.config
+        closed = self.store.expire(math.inf if flush else self.now, cfg.track_idle_s)
+        for c in closed:
+            self.open.pop(c.track_id, None)
+        old = [tid for tid, t0 in self.open.items() if self.now - t0 > self.max_age_s]
+        aged = [a for tid in sorted(old) if (a := self.store.history(tid)) is not None]
+        if not closed and not aged:
             return Expired()
-        for h in closed:
-            self.open.pop(h.track_id, None)
-        by_id = {h.track_id: h for h in closed}
-        judged = tuple(
-            Judged(v, self._evidence(v, by_id[v.track_id], signals))
-            for v in evaluate_all(closed, self.calibration, signals)
-        )
-        gone = set(by_id)
+        judged = self._judge([*closed, *aged], signals)
+        cuts = []
+        for h in aged:
+            dropped = self.store.cut(h.track_id, self.now - self.tail_s)
+            if dropped is not None:
+                self.open[h.track_id] = dropped[1]
+                cuts.append(Cut(h.track_id, *dropped))
+        gone = {h.track_id for h in closed} | {c.track_id for c in cuts}
         self._snapshots = {k: s for k, s in self._snapshots.items() if k[0] not in gone}
-        return Expired(tuple(closed), judged)
+        horizon = self.now - self.max_age_s
+        self.fired = {k: v for k, v in self.fired.items() if v[0] >= horizon or k in self.open}
+        return Expired(tuple(closed), judged, tuple(cuts))
+
+    def _judge(self, tracks: list[TrackHistory], signals: SignalTimeline) -> tuple[Judged, ...]:
+        """Every rule on ``tracks``, but no kind a track was already reported for."""
+        by_id = {h.track_id: h for h in tracks}
+        out = []
+        for v in evaluate_all(tracks, self.calibration, signals):
+            if v.kind in self.fired.get(v.track_id, (0.0, frozenset()))[1]:
+                continue  # an earlier segment of the track (before a cut or a gap) fired it
+            out.append(Judged(v, self._evidence(v, by_id[v.track_id], signals)))
+        for h in tracks:
+            kinds = frozenset(j.violation.kind for j in out if j.violation.track_id == h.track_id)
+            prev = self.fired.get(h.track_id)
+            if kinds or prev is not None:
+                before = prev[1] if prev is not None else frozenset()
+                self.fired[h.track_id] = (float(h.t[-1]), before | kinds)
+        return tuple(out)
 
     def flush_counts(self) -> list[LaneCount]:
         self.window_start = None

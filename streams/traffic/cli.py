@@ -25,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         metavar="S",
-        help="after S seconds without tracks from a camera, judge its open tracks and close "
-        "its count window (end of a stream or a replay) (default: %(default)s)",
+        help="after S seconds without tracks or frames from a camera whose tracks have caught "
+        "up with its frames, with nothing left to fetch, its input has ended (a replay, a "
+        "simulated run): judge its open tracks and emit its open count window; a camera that "
+        "is merely behind is never cut short (default: %(default)s)",
     )
     parser.add_argument(
         "--signal-lookback",

@@ -3,14 +3,16 @@
 Feed frames in time order (:meth:`LaneCounter.add_frame`); a window closes when a frame at or
 after its end arrives, and its :class:`~schemas.messages.LaneCount` rows come back.
 
-* **count**: a vehicle crossing the lane's stop line in its direction of travel;
+* **count**: a vehicle crossing the lane's stop line in its direction of travel, once per
+  track (a box that jitters back over the line and forwards again is still one vehicle);
 * **occupancy**: the share of frames in which a vehicle stands in the lane's detection zone
   (the ``zone_m`` metres upstream of the stop line, like an inductive loop);
 * **queue_len**: vehicles in the lane upstream of the line moving slower than
   ``queue_speed_kmh`` in the window's last frame;
 * **arrivals** / **arrivals_on_red**: vehicles crossing the lane's *arrival line*
   (``arrival_m`` upstream of the stop line, where a coordination detector would sit) in
-  their direction of travel, and how many of them did so while the lane's signal group was
+  their direction of travel (once per track), and how many of them did so while the lane's
+  signal group was
   red (needs the :class:`~streams.traffic.signals.SignalTimeline`; without one every arrival
   counts as not on red).  A high share on red means the platoons meet red lights: the
   offset between neighbouring signals is wrong.
@@ -81,6 +83,8 @@ class LaneCounter:
         self.classes = tuple(classes)
         self.lanes: list[Lane] = calibration.approach_lanes
         self._last: dict[int, tuple[float, tuple[float, float]]] = {}
+        self._counted: set[int] = set()  # tracks that crossed a stop line
+        self._arrived: set[int] = set()  # tracks that crossed an arrival line
         self._win: _Window | None = None
 
     def _window_start(self, t: float) -> float:
@@ -120,7 +124,10 @@ class LaneCounter:
             if prev is None:
                 continue
             step = np.array([prev[1], o.xy], dtype=np.float64)
-            self._arrival(win, t, o, step)
+            if o.track_id not in self._arrived:
+                self._arrival(win, t, o, step)
+            if o.track_id in self._counted:
+                continue
             for lane in self.lanes:
                 assert lane.stop_line is not None
                 hits = segment_crossings(
@@ -129,10 +136,13 @@ class LaneCounter:
                 if hits and float((step[1] - step[0]) @ lane.dir) > 0:
                     key = (lane.lane_id, o.vehicle_class)
                     win.counts[key] = win.counts.get(key, 0) + 1
+                    self._counted.add(o.track_id)
                     break
         # forget tracks not seen for a while
         if len(self._last) > 4 * len(obs) + 100:
             self._last = {k: v for k, v in self._last.items() if t - v[0] < 10}
+            self._counted = {k for k in self._counted if k in self._last}
+            self._arrived = {k for k in self._arrived if k in self._last}
         return out
 
     def _arrival(self, win: _Window, t: float, o: Observation, step: FloatArray) -> None:
@@ -146,6 +156,7 @@ class LaneCounter:
                 continue
             key = (lane.lane_id, o.vehicle_class)
             win.arrivals[key] = win.arrivals.get(key, 0) + 1
+            self._arrived.add(o.track_id)
             if (
                 self.signals is not None
                 and lane.signal_group is not None

@@ -432,7 +432,8 @@ def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[st
         # vision on CPU may run behind the camera: allow it the run's length again, and more
         budget = 120.0 + 3.0 * args.duration * args.fps / 10.0
         wait_for_drain(settings.kafka.bootstrap, groups, timeout_s=budget, settle_s=5.0)
-        # the traffic worker judges the tracks still open once idle (--idle-flush 5 s)
+        # the traffic worker retires a camera (judges its open tracks, emits its last
+        # window) once its tracks caught up with its frames and --idle-flush (5 s) passed
         time.sleep(10.0)
         wait_for_drain(settings.kafka.bootstrap, groups, timeout_s=120.0, settle_s=5.0)
         pipeline.check()

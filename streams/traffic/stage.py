@@ -9,13 +9,39 @@ Signals and plans come from :class:`~.feeds.SignalFeed`.  Violations get an evid
 under ``traffic.evidence_dir`` (default ``<state_dir>/evidence``) whose SHA-256 goes into the
 ``Violation`` -> ``traffic.violations``.
 
+Event time drives everything: a camera's count window closes when the camera's
+``TrackBatch`` es (one per frame, empty ones too) reach the window's end, and its tracks are
+judged after ``track_idle_s`` of *event* time without them, checked after every batch, so
+the results do not depend on how fast records arrive (a vision worker falling behind under
+load delays them, it does not cut windows short) nor on how they were polled.
+
+The end of a camera's input is the only thing wall-clock time decides, and only where
+nothing can be waiting: the camera is *retired* (open tracks judged, the open window emitted
+as it is, its state dropped) when
+
+* nothing of it is held or left to fetch on either topic, its tracks have caught up with its
+  frames (the vision worker has sent a batch for the last frame this worker has seen; a
+  camera without frames on Kafka counts as caught up) and neither has brought anything for
+  ``idle_flush_s`` (``--idle-flush``): the camera stopped (the end of a replay or of a
+  simulated run); a vision worker that is merely behind leaves the tracks behind the frames;
+* or no tracks came for ``camera_gone_s`` (``traffic.camera_gone_s``) with none left to
+  fetch, whatever the frames do: the camera or the vision worker is down.  Its open window
+  is then emitted partial rather than holding the commits of its partition for as long as
+  the outage lasts; if the camera comes back within the same window, the rest of that window
+  goes out under the same key, which the sink drops (it keeps the first row).  This is the
+  price of a bounded replay; ``camera_gone_s`` sets it.
+
 At least once, with replays that collapse: offsets are committed no further than the first
 record of an open track or count window (tracks), the frames those need (frames) and the
-first count of an open advice period (counts).  Results have deterministic keys, bundles are
-reused on replay, and tracks judged since the commit point are saved before each commit
-(:mod:`.durable`) so a replay does not judge their tails again.  Bad input ->
-``traffic.tracks.dlq``, or skipped and counted (frames, counts, signals: their own consumers
-dead-letter them).
+first count of an open advice period (counts).  A track open for longer than
+``track_max_age_s`` of event time is judged on what was seen and cut to its tail
+(:class:`~.camera_state.Cut`), and its first record moves up to the tail's, so a parked car
+cannot pin the commit point.  Results have deterministic keys, bundles are reused on replay,
+and each camera's :class:`~.camera_state.CameraMemory` (tracks judged or cut since the
+commit point, kinds already reported per track) is saved before each commit
+(:mod:`.durable`) so a replay neither judges those parts again nor reports a kind twice.
+Bad input -> ``traffic.tracks.dlq``, or skipped and counted (frames, counts, signals: their
+own consumers dead-letter them).
 """
 
 from __future__ import annotations
@@ -23,6 +49,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from bisect import bisect_left
+from collections.abc import Callable
 from pathlib import Path
 
 from citystream.errors import SchemaError, SinkError
@@ -34,7 +62,7 @@ from streams.consumer import ConsumerLoop
 from streams.decode import decode_record
 from streams.traffic.advice import AdviceAggregator, advise_due
 from streams.traffic.calibration import Calibration
-from streams.traffic.camera_state import CameraState, Judged, StateConfig
+from streams.traffic.camera_state import CameraMemory, CameraState, Judged, StateConfig
 from streams.traffic.cameras import CameraDirectory, CameraInfo
 from streams.traffic.durable import StateFile, keep_evidence
 from streams.traffic.feeds import Held, Pacer, SignalFeed
@@ -60,8 +88,16 @@ class TrafficStage(ConsumerLoop):
             settings, (TRACKS.name, FRAMES.name, COUNTS.name), group_id, max_poll_records=500
         )
         ts = settings.traffic
-        self.config = StateConfig(ts.track_idle_s, ts.count_window_s, ts.frame_buffer_s)
+        self.config = StateConfig(
+            track_idle_s=ts.track_idle_s,
+            count_window_s=ts.count_window_s,
+            frame_buffer_s=ts.frame_buffer_s,
+            track_max_age_s=ts.track_max_age_s,
+            track_tail_s=ts.track_tail_s,
+        )
         self.idle_flush_s = idle_flush_s
+        self.camera_gone_s = ts.camera_gone_s
+        self.clock: Callable[[], float] = time.monotonic
         self.evidence_root = ts.evidence_dir or settings.state_dir / "evidence"
         self.state_file = StateFile(settings.state_dir / "traffic" / f"{group_id}.state.json")
         self.directory = directory or CameraDirectory.from_dsn(settings.db.dsn, ts.camera_refresh_s)
@@ -77,14 +113,19 @@ class TrafficStage(ConsumerLoop):
         self.judged_log: dict[tuple[str, int], tuple[float, int]] = {}
         self.window_offset: dict[str, int] = {}  # camera -> first offset of its open window
         self.frame_log: dict[int, list[tuple[float, int]]] = {}  # partition -> (t, offset)
-        self.last_input: dict[str, float] = {}
+        #: camera -> (t, offset) of its batches since its oldest open track began
+        self.batch_log: dict[str, list[tuple[float, int]]] = {}
+        self.last_input: dict[str, float] = {}  # camera -> wall time of its last tracks
+        self.last_frame: dict[str, float] = {}  # camera -> wall time of its last frame
         self._committed: dict[tuple[str, int], int] = {}  # as of the last successful commit
         self._pending: dict[tuple[str, int], int] = {}  # what the last checkpoint returned
         self._commits_seen = 0.0
+        #: memories of cameras without a state: read at start, or left by a retired camera
+        self._restored: dict[str, CameraMemory]
         self._restored, done = self.state_file.load()
         self.advice.restore(done)
-        self._counts_input = time.monotonic()
-        self._pruned_at = time.monotonic()
+        self._counts_input = self.clock()
+        self._pruned_at = self.clock()
         r = self.registry
         self.violations = r.counter("violations_total", "Violations published", ("kind",))
         self.counts_sent = r.counter("lane_counts_total", "Lane count rows published")
@@ -92,6 +133,13 @@ class TrafficStage(ConsumerLoop):
         self.skipped = r.counter("skipped_total", "Records skipped", ("topic", "reason"))
         self.no_advice = r.counter("advice_skipped_total", "Periods without advice", ("reason",))
         self.open_tracks = r.gauge("open_tracks", "Tracks not yet judged")
+        self.oldest_track = r.gauge(
+            "oldest_open_track_age_seconds", "Event-time age of the oldest open track"
+        )
+        self.tracks_cut = r.counter(
+            "tracks_cut_total", "Open tracks judged and cut at traffic.track_max_age_s"
+        )
+        self.retired = r.counter("cameras_retired_total", "Camera states closed", ("reason",))
 
     # --- wiring --------------------------------------------------------------------------
     def connect(self) -> None:
@@ -117,30 +165,37 @@ class TrafficStage(ConsumerLoop):
         cid = info.camera_id
         state = self.states.get(cid)
         if state is not None and self.infos[cid].fingerprint != info.fingerprint:
-            self._retire(cid, "camera recalibrated")
+            self._retire(cid, "camera recalibrated", "recalibrated")
             state = None
         if state is None and info.calibration is not None:
             signals = self.feed.timeline(info.calibration.intersection_id)
             state = self.states[cid] = CameraState(info.calibration, self.config, signals)
-            state.judged = self._restored.pop(cid, {})
+            state.restore(self._restored.pop(cid, CameraMemory()))
             self.infos[cid] = info
             self.partition_of[cid] = partition
+            self.last_input[cid] = self.clock()  # "gone" counts from here at the earliest
+            self.batch_log[cid] = []
         return state
 
-    def _retire(self, camera_id: str, why: str, *, emit: bool = True) -> None:
+    def _retire(self, camera_id: str, why: str, reason: str, *, emit: bool = True) -> None:
         """Finish a camera's state: judge its open tracks and close its window (``emit``),
-        or just drop it (its partition went to another worker, which replays it)."""
+        or just drop it (its partition went to another worker, which replays it).  Its
+        memory stays, for the camera's next state (tracks of a camera that comes back
+        continue their ids)."""
         state = self.states.pop(camera_id, None)
         if state is None:
             return
         log.info("camera %s: state closed (%s)", camera_id, why)
+        self.retired.labels(reason).inc()
         if emit:
             self._publish_expired(state, flush=True)
             self._send_counts(state.flush_counts())
+        self._restored.setdefault(camera_id, CameraMemory()).merge(state.memory())
         for key in [k for k in self.first_offset if k[0] == camera_id]:
             del self.first_offset[key]
             self.last_offset.pop(key, None)
         self.window_offset.pop(camera_id, None)
+        self.batch_log.pop(camera_id, None)
         self.infos.pop(camera_id, None)
 
     # --- records -------------------------------------------------------------------------
@@ -160,7 +215,7 @@ class TrafficStage(ConsumerLoop):
                 return
             assert isinstance(msg, TrackBatch)
             camera_id, t = msg.camera_id, msg.captured_at.timestamp()
-            self.last_input[camera_id] = time.monotonic()
+            self.last_input[camera_id] = self.clock()
         else:
             try:
                 msg = FRAMES.codec.decode(value or b"")
@@ -169,6 +224,7 @@ class TrafficStage(ConsumerLoop):
                 return
             assert isinstance(msg, Frame)
             camera_id, t = msg.header.camera_id, msg.header.captured_at.timestamp()
+            self.last_frame[camera_id] = self.clock()
         held = Held(partition, offset, key, value or b"", msg, t)
         if self.pacer.should_hold(topic, camera_id, partition, t, self._unfetched):
             self.pacer.hold(topic, camera_id, held)
@@ -179,6 +235,8 @@ class TrafficStage(ConsumerLoop):
         """The partition has records this worker has not received yet."""
         from kafka import TopicPartition
 
+        if self.consumer is None:
+            return False
         hw = self.consumer.highwater(TopicPartition(topic, partition))
         return hw is not None and hw > self.pacer.fetched.get((topic, partition), 0)
 
@@ -216,6 +274,7 @@ class TrafficStage(ConsumerLoop):
         if not res.accepted:
             self.skipped.labels(TRACKS.name, "stale").inc()
             return
+        self.batch_log[cid].append((h.t, h.offset))
         for tid in res.new_tracks:
             self.first_offset[(cid, tid)] = h.offset
         for o in batch.tracks:
@@ -224,6 +283,7 @@ class TrafficStage(ConsumerLoop):
         if res.new_window:
             self.window_offset[cid] = h.offset
         self._send_counts(res.counts)
+        self._publish_expired(state)  # after every batch: judgement follows event time
 
     def _handle_frame(self, h: Held) -> None:
         frame: Frame = h.message
@@ -236,7 +296,7 @@ class TrafficStage(ConsumerLoop):
             self.frame_log.setdefault(h.partition, []).append((h.t, h.offset))
 
     def _handle_count(self, partition: int, offset: int, value: bytes | None) -> None:
-        self._counts_input = time.monotonic()
+        self._counts_input = self.clock()
         try:
             count = COUNTS.codec.decode(value or b"")
         except SchemaError:
@@ -253,33 +313,31 @@ class TrafficStage(ConsumerLoop):
         for cid in (*changes.removed, *changes.moved):
             info, mine = self.directory.get(cid), self.infos.get(cid)
             if mine is not None and (info is None or info.fingerprint != mine.fingerprint):
-                self._retire(cid, "camera removed" if info is None else "camera recalibrated")
+                if info is None:
+                    self._retire(cid, "camera removed", "removed")
+                else:
+                    self._retire(cid, "camera recalibrated", "recalibrated")
         self.feed.poll()
-        assigned = (
-            {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-            if self.consumer is not None
-            else set()
-        )
-        for cid in [c for c, p in self.partition_of.items() if (TRACKS.name, p) not in assigned]:
-            self._retire(cid, "partition revoked", emit=False)
-            self.partition_of.pop(cid)
-        for _topic, p in [k for k in self.pacer.fetched if k not in assigned]:
-            self.pacer.drop_partition(p)
         if self.consumer is not None:
-            for topic, camera_id, held in self.pacer.releasable(self._unfetched):
-                self._process(topic, camera_id, held)
-        now = time.monotonic()
+            assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+            revoked = [c for c, p in self.partition_of.items() if (TRACKS.name, p) not in assigned]
+            for cid in revoked:
+                self._retire(cid, "partition revoked", "revoked", emit=False)
+                self.partition_of.pop(cid)
+            for _topic, p in [k for k in self.pacer.fetched if k not in assigned]:
+                self.pacer.drop_partition(p)
+        for topic, camera_id, held in self.pacer.releasable(self._unfetched):
+            self._process(topic, camera_id, held)
+        now = self.clock()
         for cid, state in list(self.states.items()):
-            signals = self.feed.timeline(state.calibration.intersection_id)
-            idle = self._idle(cid, now)
-            state.tick(signals)
-            self._publish_expired(state, flush=idle and bool(state.open))
-            if idle and state.window_start is not None:
-                self._send_counts(state.flush_counts())
-                self.window_offset.pop(cid, None)
+            state.tick(self.feed.timeline(state.calibration.intersection_id))
+            ended = self._ended(cid, state, now)
+            if ended is not None:
+                self._retire(cid, *ended)
         quiet = now - self._counts_input >= self.idle_flush_s + 2 * self.config.count_window_s
         self._advise(force=quiet)
         self.open_tracks.set(sum(len(s.open) for s in self.states.values()))
+        self.oldest_track.set(max((s.oldest_open_age_s for s in self.states.values()), default=0))
         if now - self._pruned_at >= 60.0:
             self._pruned_at = now
             latest: dict[str, float] = {}
@@ -288,24 +346,46 @@ class TrafficStage(ConsumerLoop):
                 latest[iid] = max(latest.get(iid, -math.inf), st.now)
             self.feed.prune({k: v for k, v in latest.items() if math.isfinite(v)})
 
-    def _idle(self, camera_id: str, now: float) -> bool:
-        """No tracks of the camera for ``idle_flush_s``, none waiting, none left to fetch:
-        the end of its stream (or of a replay), so its open tracks can be judged."""
-        if now - self.last_input.get(camera_id, now) < self.idle_flush_s:
-            return False
-        if self.pacer.held.get((TRACKS.name, camera_id)):
-            return False
+    def _ended(self, camera_id: str, state: CameraState, now: float) -> tuple[str, str] | None:
+        """Whether the camera's input ended (see the module doc): (why, reason) or None."""
         p = self.partition_of.get(camera_id)
-        return p is None or self.consumer is None or not self._unfetched(TRACKS.name, p)
+        if p is None or self.pacer.held.get((TRACKS.name, camera_id)):
+            return None
+        if self._unfetched(TRACKS.name, p):
+            return None
+        quiet = now - self.last_input.get(camera_id, now)
+        if quiet >= self.camera_gone_s:
+            return f"no tracks for {quiet:.0f} s: camera or vision worker down", "gone"
+        if self.pacer.held.get((FRAMES.name, camera_id)) or self._unfetched(FRAMES.name, p):
+            return None
+        quiet = min(quiet, now - self.last_frame.get(camera_id, -math.inf))
+        if quiet >= self.idle_flush_s and state.now >= state.frames_now:
+            return f"end of its input ({quiet:.0f} s without any)", "ended"
+        return None
+
+    def _offset_at(self, camera_id: str, t: float) -> int | None:
+        """Offset of the camera's batch at event time ``t``."""
+        entries = self.batch_log.get(camera_id, [])
+        i = bisect_left(entries, (t, -1))
+        return entries[i][1] if i < len(entries) and entries[i][0] == t else None
 
     def _publish_expired(self, state: CameraState, *, flush: bool = False) -> None:
         expired = state.expire(self.feed.timeline(state.calibration.intersection_id), flush=flush)
+        cid = state.camera_id
         for h in expired.closed:
-            key = (state.camera_id, h.track_id)
+            key = (cid, h.track_id)
             self.first_offset.pop(key, None)
             last = self.last_offset.pop(key, None)
             if last is not None:
                 self.judged_log[key] = (float(h.t[-1]), last)
+        for cut in expired.cut:
+            self.tracks_cut.inc()
+            key = (cid, cut.track_id)
+            kept, dropped = (self._offset_at(cid, t) for t in (cut.kept_from, cut.dropped_until))
+            if kept is not None and key in self.first_offset:
+                self.first_offset[key] = kept
+            if dropped is not None:  # a replay from before the tail drops what was judged
+                self.judged_log[key] = (cut.dropped_until, dropped)
         for j in expired.judged:
             msg = self._violation(state, j)
             self.violations.labels(str(msg.kind)).inc()
@@ -348,6 +428,10 @@ class TrafficStage(ConsumerLoop):
             self._lower(safe, (TRACKS.name, self.partition_of[cid]), off)
         for cid, off in self.window_offset.items():
             self._lower(safe, (TRACKS.name, self.partition_of[cid]), off)
+        for cid, entries in self.batch_log.items():  # what a later cut may look up
+            st = self.states.get(cid)
+            start = min(st.open.values(), default=math.inf) if st is not None else math.inf
+            del entries[: bisect_left(entries, (start, -1))]
         for p, log_ in self.frame_log.items():
             keep_from = need_t.get(p, math.inf) - self.config.frame_buffer_s
             first = next((o for t, o in log_ if t >= keep_from), None)
@@ -378,15 +462,15 @@ class TrafficStage(ConsumerLoop):
         failed = [f for f in self._sent if f.failed()]
         if failed:
             raise SinkError(f"{self.name}: {len(failed)} sends failed, e.g. {failed[0].exception}")
-        keep: dict[str, dict[int, float]] = {}
+        keep: dict[str, CameraMemory] = {}
         for (cid, tid), (last_t, last_off) in list(self.judged_log.items()):
             p = self.partition_of.get(cid)
             if p is None or last_off < self._committed.get((TRACKS.name, p), 0):
                 del self.judged_log[(cid, tid)]  # a replay starts after it
             else:
-                keep.setdefault(cid, {})[tid] = last_t
-        for cid, tracks in self._restored.items():  # cameras not seen since the restart
-            keep.setdefault(cid, {}).update(tracks)
-        for cid, state in self.states.items():  # restored entries the replay has not passed
-            keep.setdefault(cid, {}).update(state.judged)
+                keep.setdefault(cid, CameraMemory()).judged[tid] = last_t
+        for cid, memory in self._restored.items():  # cameras without a state now
+            keep.setdefault(cid, CameraMemory()).merge(memory)
+        for cid, state in self.states.items():  # restored entries not passed, kinds found
+            keep.setdefault(cid, CameraMemory()).merge(state.memory())
         self.state_file.save(keep, self.advice.done_until)

@@ -7,6 +7,7 @@ A :class:`TrackHistory` is one vehicle's path: times (UTC epoch seconds), ground
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -136,7 +137,8 @@ class TrackStore:
     """Track histories of one camera, built from ``TrackBatch`` messages in time order.
 
     Observations without a ground position are skipped.  :meth:`expire` returns (and
-    forgets) the tracks last seen more than ``idle_s`` before the given time.
+    forgets) the tracks last seen more than ``idle_s`` before the given time; :meth:`cut`
+    drops the older part of a track that is still open (see ``track_max_age_s``).
     """
 
     def __init__(self, camera_id: str, max_points: int = 3000) -> None:
@@ -178,12 +180,31 @@ class TrackStore:
     def histories(self) -> list[TrackHistory]:
         return [self._history(k, a) for k, a in sorted(self._acc.items())]
 
+    def history(self, track_id: int) -> TrackHistory | None:
+        acc = self._acc.get(track_id)
+        return self._history(track_id, acc) if acc is not None and acc.t else None
+
     def expire(self, now: float, idle_s: float = 5.0) -> list[TrackHistory]:
         gone = [k for k, a in self._acc.items() if a.t and now - a.t[-1] > idle_s]
         out = [self._history(k, self._acc[k]) for k in sorted(gone)]
         for k in gone:
             del self._acc[k]
         return out
+
+    def cut(self, track_id: int, keep_from: float) -> tuple[float, float] | None:
+        """Forget the track's points before ``keep_from`` (its last point is always kept);
+        returns (time of the last point dropped, time of the first point kept), or None
+        when nothing was dropped."""
+        acc = self._acc.get(track_id)
+        if acc is None or not acc.t:
+            return None
+        k = min(bisect_left(acc.t, keep_from), len(acc.t) - 1)
+        if k == 0:
+            return None
+        dropped = acc.t[k - 1]
+        for lst in (acc.t, acc.xy, acc.conf, acc.bbox):
+            del lst[:k]
+        return dropped, acc.t[0]
 
 
 def histories_from_batches(batches: Iterable[TrackBatch]) -> list[TrackHistory]:
