@@ -12,7 +12,14 @@ view after the camera was (re)calibrated):
   lost most of it (blurred, covered, sprayed);
 * **shifted**: ORB features matched against the reference give a similarity transform that
   moves the image corners by more than ``shift_share`` of the image diagonal, or too few
-  features match at all: the calibration (homography) no longer holds.
+  features match for ``unmatched_after_s`` on end (a view turned away): the calibration
+  (homography) no longer holds.  A shorter spell of too few matches is no evidence either
+  way (traffic covering the scene's features): the state is held.
+
+The texture and shift checks look at the **background** of the view, the per-pixel median
+of the last ``background_samples`` samples, so moving vehicles neither hide the scene's
+features nor lend theirs to the transform (a vehicle matched against itself once made a
+queue of traffic look like a 7% shift).
 
 A raw condition must hold for its ``*_after_s`` before one alert is raised, and be absent for
 ``clear_after_s`` before one recovery is sent (hysteresis: a flickering condition raises
@@ -26,6 +33,7 @@ still adds up to a shift.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -64,6 +72,8 @@ class HealthConfig:
     shift_share: float = 0.02
     min_matches: int = 15
     shifted_after_s: float = 5.0
+    unmatched_after_s: float = 30.0
+    background_samples: int = 5
     clear_after_s: float = 10.0
     reference_refresh_s: float = 300.0
 
@@ -212,6 +222,8 @@ class CameraWatchdog:
         )
         self._state = {c: _Hysteresis() for c in Condition}
         self._features: tuple[Reference, Features] | None = None
+        self._recent: deque[GrayImage] = deque(maxlen=max(1, self.config.background_samples))
+        self._unmatched_since: float | None = None
 
     @property
     def active(self) -> frozenset[Condition]:
@@ -240,6 +252,7 @@ class CameraWatchdog:
         matches = None
         m = None
         if not raw[Condition.black]:
+            img = self._background(img)
             texture = cell_texture(img, cfg.grid)
             if self.reference is None or self.reference.image.shape != img.shape:
                 if (texture >= cfg.texture_min).mean() >= 0.1:
@@ -253,8 +266,13 @@ class CameraWatchdog:
                 if not raw[Condition.occluded]:
                     m, matches = estimate_shift(self._ref_features(), img)
                     if m is None or matches < cfg.min_matches:
-                        raw[Condition.shifted] = True
+                        m = None
+                        if self._unmatched_since is None:
+                            self._unmatched_since = t
+                        if t - self._unmatched_since >= cfg.unmatched_after_s:
+                            raw[Condition.shifted] = True
                     else:
+                        self._unmatched_since = None
                         total = compose(m, self.reference.to_view)
                         h, w = img.shape
                         shift = corner_shift_share(total, w, h)
@@ -291,6 +309,16 @@ class CameraWatchdog:
                 alerts.append(self._recovered(c, t, reason))
             self._state[c] = _Hysteresis()
         return alerts
+
+    def _background(self, img: GrayImage) -> GrayImage:
+        """The per-pixel median of the recent samples (``img`` until there are three)."""
+        if self._recent and self._recent[0].shape != img.shape:
+            self._recent.clear()
+        self._recent.append(img)
+        if len(self._recent) < 3:
+            return img
+        background: GrayImage = np.median(np.stack(self._recent), axis=0).astype(np.uint8)
+        return background
 
     def _ref_features(self) -> Features:
         assert self.reference is not None
