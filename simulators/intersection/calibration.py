@@ -31,6 +31,7 @@ def build_calibration(
             group_of[link.in_lane] = (link.group, link.movement)
     lanes: list[dict[str, object]] = []
     zones: list[dict[str, object]] = []
+    xs: list[float] = []  # across the south arm's lanes
     for edge_id in ("S_in", "S_out"):
         for lane in net.getEdge(edge_id).getLanes():
             shape = np.array(lane.getShape(), dtype=np.float64)
@@ -38,6 +39,7 @@ def build_calibration(
             d = shape[-1] - shape[0]
             d /= np.linalg.norm(d)
             poly = polyline_to_polygon(shape, width)
+            xs += [float(x) for x, _ in poly]
             entry: dict[str, object] = {
                 "lane_id": lane.getID(),
                 "approach": "S",
@@ -63,6 +65,21 @@ def build_calibration(
                         }
                     )
             lanes.append(entry)
+    # the enforcement section for speeds: every south-arm lane, s0..s1 m before the junction
+    s0, s1 = config.speed_zone_m
+    y_edge = net.getEdge("S_out").getLanes()[0].getShape()[0][1]
+    zones.append(
+        {
+            "zone_id": "S_speed",
+            "kind": "speed",
+            "polygon": [
+                [min(xs), y_edge - s0],
+                [max(xs), y_edge - s0],
+                [max(xs), y_edge - s1],
+                [min(xs), y_edge - s1],
+            ],
+        }
+    )
     # the no-stopping zone: the kerb lane of the exit, z0..z1 m past the junction
     exit_lane = net.getEdge("S_out").getLanes()[0]
     start = np.array(exit_lane.getShape()[0])

@@ -15,6 +15,7 @@ Ground truth is *observed* in the simulation, independent of the camera pipeline
 from __future__ import annotations
 
 import itertools
+import math
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from simulators.intersection.plan import Link, default_plan, group_states, read_
 from streams.traffic.counts import PCU
 
 TLS = "C"
+#: a speeder departs only while the north-south green has this much time left (s): late
+#: enough for the red's queue to have cleared, early enough to cross on green (150 m of
+#: arm at its speed take about 7 s)
+SPEEDER_GREEN_LEFT_S = (12.0, 20.0)
 HEIGHT_M = {"motorbike": 1.6, "car": 1.5, "bus": 3.2, "truck": 3.0, "bicycle": 1.6}
 # turn: arm -> movement -> exit arm
 TURNS = {
@@ -71,6 +76,9 @@ class ScenarioConfig:
     network: NetworkSpec = field(default_factory=NetworkSpec)
     violators: ViolatorRates = field(default_factory=ViolatorRates)
     speed_tolerance_kmh: float = 5.0
+    # the enforcement section: the south arm from the stop line back this far (m), which the
+    # camera sees whole; speeding is labelled (and measured by the rule) only inside it
+    speed_zone_m: tuple[float, float] = (0.0, 38.0)
     no_stop_zone_m: tuple[float, float] = (15.0, 40.0)  # along S_out from the junction
     no_stop_max_dwell_s: float = 20.0
     bus_lane_min_m: float = 15.0
@@ -133,9 +141,10 @@ def _vtypes(step_s: float) -> str:
   <vType id="bus" vClass="bus" length="11.0" width="2.5" minGap="2.5" accel="1.2" {common}/>
   <vType id="truck" vClass="truck" length="8.0" width="2.4" minGap="2.5" accel="1.3" {common}/>
   <vType id="motorbike_speeder" vClass="motorcycle" length="2.0" width="0.8" minGap="1.0"
-         accel="3.5" decel="5.0" maxSpeed="25" speedFactor="1.5" sigma="0.2"/>
+         accel="3.5" decel="5.0" maxSpeed="25" speedFactor="1.5" sigma="0.2"
+         lcSpeedGain="10" lcAssertive="5"/>
   <vType id="car_speeder" vClass="passenger" length="4.5" width="1.8" minGap="2.0"
-         maxSpeed="30" speedFactor="1.45" sigma="0.2"/>
+         maxSpeed="30" speedFactor="1.45" sigma="0.2" lcSpeedGain="10" lcAssertive="5"/>
   <vType id="car_runner" vClass="passenger" length="4.5" width="1.8" speedFactor="0.9"
          speedDev="0" sigma="0"/>
   <vType id="motorbike_runner" vClass="motorcycle" length="2.0" width="0.8"
@@ -185,6 +194,8 @@ class IntersectionSim:
         self._flags: dict[str, dict[str, float]] = {}
         self._wrongway: dict[str, float] = {}  # id -> start y
         self._pending: list[tuple[float, str, dict[str, object]]] = []
+        self._speeders: list[tuple[str, str]] = []  # (class, route) waiting for a green
+        self._speeder_at = -math.inf  # when the last one left
         self._started = False
         self._runner_planned = False
         self._write_routes()
@@ -444,7 +455,8 @@ class IntersectionSim:
             idx = via_index.get(lane)
             if idx is not None and state[idx] in "rR":
                 self._emit("red_light", vid, tid, cls, now, lane_id=prev[0])
-        on_south = lane.startswith(("S_in", "S_out"))
+        s0, s1 = cfg.speed_zone_m
+        on_south = lane.startswith(("S_in", "S_out")) and -s1 - 10.4 <= y <= -s0 - 10.4
         limit = cfg.network.speed_limit_kmh + cfg.speed_tolerance_kmh
         if (
             on_south
@@ -513,9 +525,13 @@ class IntersectionSim:
             )
             libsumo.vehicle.setSpeedMode(vid, 7)  # ignore red lights and right of way
             self.injected[vid] = "red_light"
-        if rng.random() < rates.speeding * dt / 3600:
-            cls = "motorbike" if rng.random() < 0.6 else "car"
-            route = "S_through" if rng.random() < 0.5 else "N_through"
+        # speeders leave when they will meet the north-south green (phase 0) with time to
+        # spare, so that they pass the camera's speed zone at speed instead of queueing at red
+        green_left = libsumo.trafficlight.getNextSwitch(TLS) - now if phase == 0 else 0.0
+        lo, hi = SPEEDER_GREEN_LEFT_S
+        if self._speeders and lo <= green_left <= hi and now - self._speeder_at >= hi - lo:
+            self._speeder_at = now  # one per green: a platoon of speeders slows its own
+            cls, route = self._speeders.pop(0)
             vid = f"v_speed_{n}"
             libsumo.vehicle.add(
                 vid,
@@ -526,6 +542,11 @@ class IntersectionSim:
                 departSpeed="max",
             )
             self.injected[vid] = "speeding"
+            n += 1
+        if rng.random() < rates.speeding * dt / 3600:
+            cls = "motorbike" if rng.random() < 0.6 else "car"
+            route = "S_through" if rng.random() < 0.5 else "N_through"
+            self._speeders.append((cls, route))
         elif rng.random() < rates.bus_lane * dt / 3600:
             cls = "motorbike" if rng.random() < 0.5 else "car"
             vid = f"v_bus_{n}"

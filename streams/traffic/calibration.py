@@ -68,10 +68,12 @@ class Lane(_Frozen):
 
 
 class Zone(_Frozen):
-    """A regulated area: ``no_stopping`` (dwell limit) or ``bus_lane`` (allowed classes)."""
+    """A regulated area: ``no_stopping`` (dwell limit), ``bus_lane`` (allowed classes) or
+    ``speed`` (the section where speeds are measured for enforcement: where the camera sees
+    vehicles whole and large enough; without one, the whole track counts)."""
 
     zone_id: Ident
-    kind: Literal["no_stopping", "bus_lane"]
+    kind: Literal["no_stopping", "bus_lane", "speed"]
     polygon: list[Point] = Field(min_length=3)
     allowed_classes: list[VehicleClass] = Field(
         default_factory=list,

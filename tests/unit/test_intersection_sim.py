@@ -79,7 +79,7 @@ def test_calibration_and_render_agree(workdir: Path) -> None:
     assert img.shape == (360, 640, 3) and truth
     assert {lane.lane_id for lane in cal.approach_lanes} == {"S_in_0", "S_in_1", "S_in_2"}
     assert cal.lane("S_in_1").signal_group == "S_through"
-    assert [z.kind for z in cal.zones] == ["bus_lane", "no_stopping"]
+    assert [z.kind for z in cal.zones] == ["bus_lane", "speed", "no_stopping"]
     # the calibration's homography maps projected ground points back to the ground
     ground = np.array([[4.8, -20.0], [-4.8, -50.0], [8.0, -11.0]])
     assert np.allclose(cal.view.to_ground(cam.ground_to_pixels(ground)), ground, atol=1e-6)

@@ -21,6 +21,7 @@ from tests.unit.test_traffic_factories import (
     cycle,
     make_calibration,
     path,
+    rect,
     signals,
     straight,
 )
@@ -115,6 +116,24 @@ def test_speeding_with_camera_grade_jitter_at_range() -> None:
     assert speeding([track(46.0, k) for k in range(40)], CAL) == []
     got = speeding([track(75.0, 99)], CAL)
     assert len(got) == 1 and got[0].details["speed_kmh"] == pytest.approx(75.0, abs=8.0)
+
+
+def test_speeding_is_measured_inside_the_speed_zone_only() -> None:
+    """With an enforcement section (y from -50 to -10) the part of a track outside it does
+    not count: fast far away and slow in the section is no speeder; fast in it is."""
+    zone = {"zone_id": "S_speed", "kind": "speed", "polygon": rect(-7, -50, 7, -10)}
+    cal = make_calibration(zones=[zone])
+    # 80 km/h from y = -150 to -50 (outside), then 40 km/h through the section
+    t = T0 + np.arange(0, 9.0, 0.1)
+    y = np.where(t - T0 < 4.5, -150 + 80 / 3.6 * (t - T0), -50 + 40 / 3.6 * (t - T0 - 4.5))
+    xy = np.stack([np.full(len(t), 5.0), y], axis=1)
+    far_fast = TrackHistory("cam-1", 1, V.car, t, xy, np.full(len(t), 0.9))
+    assert speeding([far_fast], CAL)  # the whole track: the 80 km/h part counts
+    assert speeding([far_fast], cal) == []  # the section: 40 km/h
+    inside = straight(5, -50, 0, 70 / 3.6, 2.0, cls=V.car)  # 70 km/h through the section
+    [v] = speeding([inside], cal)
+    assert v.details["speed_kmh"] == pytest.approx(70.0, abs=0.1)
+    assert -50 <= v.ground_xy[1] <= -10
 
 
 def test_speeding_after_waiting_at_the_light() -> None:

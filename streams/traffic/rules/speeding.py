@@ -7,6 +7,10 @@ by a metre or more at range, so the per-window speeds are smoothed by a running 
 ``smooth_windows`` consecutive windows before the highest is taken: a short burst of box
 jitter cannot make a speeder, a vehicle that speeds for a second or more (after waiting at a
 red light, say) still is one.  The track must reach ``min_track_m``.
+
+Where the calibration has ``speed`` zones (the enforcement section), only the part of the
+track inside them is measured: far away a box is a few pixels and clipped boxes at the image
+edge do not show where the vehicle is.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from schemas.messages import ViolationKind
 from streams.traffic.calibration import Calibration
+from streams.traffic.geometry import points_in_polygon
 from streams.traffic.rules.common import NOT_VEHICLES, RuleViolation, score
 from streams.traffic.tracks import MPS_TO_KMH, TrackHistory, window_speeds
 
@@ -32,16 +38,21 @@ class SpeedingParams:
 
 
 def measured_speed_kmh(
-    track: TrackHistory, min_length_m: float = 20.0, smooth_windows: int = 9
+    track: TrackHistory,
+    min_length_m: float = 20.0,
+    smooth_windows: int = 9,
+    within: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[float, int]:
     """The track's speed (km/h): the highest running median (over ``smooth_windows``
     consecutive windows) of its windowed speeds, and the start index of the window at the
-    middle of that run (-1: the track never spans one window)."""
-    v = window_speeds(track.t, track.xy, min_length_m)
-    ok = np.flatnonzero(~np.isnan(v))
-    if len(ok) == 0:
+    middle of that run (-1: the track never spans one window).  ``within``: only these
+    points are measured (the enforcement section)."""
+    idx = np.arange(len(track)) if within is None else np.flatnonzero(within)
+    v = window_speeds(track.t[idx], track.xy[idx], min_length_m)
+    good = ~np.isnan(v)
+    if not good.any():
         return 0.0, -1
-    vv = v[ok]
+    vv, ok = v[good], idx[good]
     k = max(1, min(smooth_windows, len(vv)))
     runs = np.lib.stride_tricks.sliding_window_view(vv, k)
     smooth = np.median(runs, axis=1)
@@ -55,12 +66,18 @@ def speeding(
     params: SpeedingParams = SpeedingParams(),
 ) -> list[RuleViolation]:
     out: list[RuleViolation] = []
+    zones = calibration.zones_of("speed")
     for tr in tracks:
         if tr.vehicle_class in NOT_VEHICLES or len(tr) < 2:
             continue
         if tr.path_length_m < params.min_track_m:
             continue
-        speed, i = measured_speed_kmh(tr, params.min_length_m, params.smooth_windows)
+        within = None
+        if zones:
+            within = np.zeros(len(tr), dtype=bool)
+            for zone in zones:
+                within |= points_in_polygon(tr.xy, zone.poly)
+        speed, i = measured_speed_kmh(tr, params.min_length_m, params.smooth_windows, within)
         limit = calibration.speed_limit_for(tr.vehicle_class)
         threshold = limit + params.tolerance_kmh
         if i < 0 or speed <= threshold:
