@@ -26,8 +26,10 @@ default fault mix is on (outages, stuck meters, spikes, duplicates, late reading
 JPEG quality 60, keyed by camera) and ``signal.phases`` (keyed by intersection), Kafka
 timestamp = event time.  Intersection ``int-cap60``, camera ``int-cap60-cam-s``, weekday
 morning from 2026-01-05 07:00 (Ho Chi Minh City), four times the default violator rates,
-seed 57 (chosen for six true violations on the watched south arm, every kind once or twice,
-all between 13 s and 40 s, so a pipeline sees each vehicle before and after).  90 simulated
+seed 57 (chosen for four true violations on the watched south arm, one each of red light,
+illegal stop, bus lane and wrong way, all between 13 s and 40 s, so a pipeline sees each
+vehicle before and after; no seed up to 119 also has a speeder inside the camera's speed
+section in that span: the speeding rule is exercised by the unit and stage tests).  90 simulated
 seconds of traffic run first (``--warmup``), so the junction is busy from the first frame on.
 
 ``intersection_60s.truth.jsonl``: the simulator's ground truth (see
