@@ -23,6 +23,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any
 
+from kafka import ConsumerRebalanceListener
 from kafka.errors import (
     CommitFailedError,
     IllegalGenerationError,
@@ -52,6 +53,22 @@ _REBALANCE_ERRORS = (
 RECONNECT_BACKOFF_MAX_MS = 1000
 #: Seconds of commits refused by a rebalance after which the consumer is replaced.
 REJOIN_S = 30.0
+
+
+class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Drops the handled offsets of revoked partitions: were one assigned back later, its
+    stale offset would be committed over what another member committed meanwhile (backwards:
+    records again; forwards, if that member had not got as far: records skipped)."""
+
+    def __init__(self, handled: dict[tuple[str, int], int]) -> None:
+        self.handled = handled
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            self.handled.pop((tp.topic, tp.partition), None)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
 
 
 class ConsumerLoop(ABC):
@@ -163,7 +180,7 @@ class ConsumerLoop(ABC):
                 self.name,
                 ", ".join(missing),
             )
-        consumer.subscribe(list(self.topics))
+        consumer.subscribe(list(self.topics), listener=_ForgetRevoked(self._handled))
         return consumer
 
     def _rejoin(self) -> None:

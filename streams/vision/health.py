@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -190,6 +191,10 @@ def corner_shift_share(m: FloatArray, width: int, height: int) -> float:
     return float(np.linalg.norm(moved - corners, axis=1).max() / np.hypot(width, height))
 
 
+#: a condition's hysteresis: (on since, off since, raised at)
+Hysteresis = tuple[float | None, float | None, float | None]
+
+
 @dataclass
 class _Hysteresis:
     on_since: float | None = None
@@ -233,6 +238,27 @@ class CameraWatchdog:
     def shifted(self) -> bool:
         """The view no longer matches the calibration: ground positions are not valid."""
         return self._state[Condition.shifted].active
+
+    def state(self) -> tuple[dict[str, Hysteresis], float | None]:
+        """Each condition's hysteresis by name, and since when too few features match:
+        with :attr:`last`, what :meth:`restore` takes to go on after a restart."""
+        conditions = {
+            str(c): (h.on_since, h.off_since, h.raised_at) for c, h in self._state.items()
+        }
+        return conditions, self._unmatched_since
+
+    def restore(
+        self,
+        conditions: Mapping[str, Hysteresis],
+        unmatched_since: float | None,
+        last: ViewSample | None,
+    ) -> None:
+        """Go on from :meth:`state` (``conditions`` must name every condition)."""
+        for c, (on, off, raised) in conditions.items():
+            h = self._state[Condition(c)]
+            h.on_since, h.off_since, h.raised_at = on, off, raised
+        self._unmatched_since = unmatched_since
+        self.last = last
 
     # --- observation ---------------------------------------------------------------------
     def observe(self, t: float, gray: GrayImage) -> list[Alert]:

@@ -4,9 +4,14 @@ The Kafka-free core of the vision worker (:mod:`streams.vision.stage` feeds it):
 
 * one :meth:`Detector.detect_jpegs` call for the whole batch, whatever cameras it mixes;
 * one :class:`~streams.vision.tracking.ByteTracker` per camera, so a camera's track ids
-  depend only on its own frames, never on its batch-mates.  Ids are offset by a base taken
-  from the event time the tracker was created, so a tracker created after a restart or a
-  recalibration never reuses the ids of its predecessor (ids fit the DB's 32-bit column);
+  depend only on its own frames, never on its batch-mates.  Ids are offset by a base,
+  :func:`id_base` of the event time the tracker was created (ids fit the DB's 32-bit column),
+  or of a later time given with the frame (``FrameWork.id_floor_t``) when an earlier worker
+  may have tracked the camera and its state was not restored: see :func:`id_base`;
+* :meth:`VisionProcessor.snapshot` / :meth:`VisionProcessor.restore`: a camera's complete
+  state (tracker, id base, last frame time, the speed paths of its live tracks, the
+  watchdog's conditions), so that a restarted worker sends what it would have sent without
+  the restart (:mod:`streams.vision.checkpoint` stores it);
 * ``ground_xy``: the bottom centre of the box through the camera's homography (pixels scaled
   from the frame's size to the calibration's ``image_size``); points at or above the horizon
   get none.  While the watchdog reports the view *shifted*, no ground positions are sent:
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,32 +35,43 @@ from schemas.messages import Alert, BBox, TrackBatch, TrackObservation
 from streams.traffic.calibration import Calibration
 from streams.traffic.cameras import CameraChanges, CameraInfo
 from streams.traffic.geometry import FloatArray
+from streams.vision.checkpoint import INT32_MAX, CameraSnapshot, HealthSnapshot
 from streams.vision.detections import Detections
 from streams.vision.detector import DecodeFailure, Detector
 from streams.vision.health import CameraWatchdog, GrayImage, HealthConfig, Reference
 from streams.vision.tracking import ByteTracker, TrackerConfig
 
 log = logging.getLogger(__name__)
-INT32_MAX = 2_147_483_647
 _ID_BLOCK = 10_000  # ids per second of tracker creation time
 _ID_PERIOD_S = 200_000  # creation times wrap after ~2.3 days (bases stay below 2e9)
 _MAX_GROUND_M = 10_000.0
 
 
 class ReferenceStore(Protocol):
-    """Where watchdog reference views survive restarts (per camera and calibration)."""
+    """Where watchdog reference views survive restarts (per camera and calibration).
 
-    def load(self, camera_id: str, version: int) -> Reference | None: ...
+    ``load`` gives the latest; with ``taken_at``, the one taken then if it is still kept
+    (the latest or the one before: what a snapshot of a second ago refers to), else None."""
+
+    def load(
+        self, camera_id: str, version: int, taken_at: float | None = None
+    ) -> Reference | None: ...
 
     def save(self, camera_id: str, version: int, reference: Reference) -> None: ...
 
 
 @dataclass(frozen=True)
 class FrameWork:
-    """One frame to process, with the camera it comes from."""
+    """One frame to process, with the camera it comes from.
+
+    ``id_floor_t``: set when another worker (or this one before a restart) may have tracked
+    the camera without leaving its state here; a tracker created for this frame then takes
+    its ids from :func:`id_base` of this time (the wall clock then) if it is later than the
+    frame's, so they lie above every id that worker can have issued."""
 
     frame: Frame
     camera: CameraInfo
+    id_floor_t: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +86,17 @@ class FrameOutcome:
 
 
 def id_base(t: float) -> int:
-    """First track id of a tracker created at event time ``t``."""
+    """Ids of a tracker created at time ``t`` are ``id_base(t) + 1, + 2, ...``.
+
+    A tracker without a predecessor takes ``t`` from its first frame, so a replay from scratch
+    gives the same ids.  A tracker that may have a predecessor whose state is lost (a restart
+    without a usable snapshot, a partition taken over from another worker) takes the later
+    of that and the wall clock at its creation: the predecessor was created at some event
+    time ``t0`` before, and issued its ids while processing frames up to the wall clock of
+    its end (camera clocks within a second or so of the workers'), so the new base lies
+    ``_ID_BLOCK`` ids per second past the predecessor's; a camera confirms a few tracks a
+    second, far from 10,000.  Bases repeat after ``_ID_PERIOD_S`` (about 2.3 days), long
+    after the traffic worker forgot the earlier tracks."""
     return (int(t) % _ID_PERIOD_S) * _ID_BLOCK
 
 
@@ -161,14 +187,97 @@ class VisionProcessor:
         return cam.watchdog if cam else None
 
     # --- camera lifecycle ----------------------------------------------------------------
-    def _new_camera(self, info: CameraInfo, t: float) -> _Camera:
+    def _new_camera(self, info: CameraInfo, t: float, floor_t: float | None = None) -> _Camera:
         ref = self.references.load(info.camera_id, info.version) if self.references else None
+        base_t = t if floor_t is None else max(t, floor_t)
+        if base_t != t:
+            log.info(
+                "camera %s: new tracker after a possible predecessor: ids from %d",
+                info.camera_id,
+                id_base(base_t) + 1,
+            )
         return _Camera(
             info,
             ByteTracker(self.tracker_config),
-            id_base(t),
+            id_base(base_t),
             CameraWatchdog(info.camera_id, self.health, ref),
         )
+
+    def snapshot(self, camera_ids: Iterable[str] | None = None) -> list[CameraSnapshot]:
+        """The state of ``camera_ids`` (default: all cameras), to :meth:`restore` later."""
+        out = []
+        for cid in sorted(self._cams if camera_ids is None else camera_ids):
+            cam = self._cams.get(cid)
+            if cam is None:
+                continue
+            out.append(
+                CameraSnapshot(
+                    camera_id=cid,
+                    fingerprint=cam.info.fingerprint,
+                    base=cam.base,
+                    last_t=cam.last_t,
+                    next_health_t=cam.next_health_t,
+                    tracker=cam.tracker.state(),
+                    paths={
+                        tid: np.array(path, dtype=np.float64).reshape(-1, 3)
+                        for tid, path in sorted(cam.paths.items())
+                    },
+                    health=HealthSnapshot.of(cam.watchdog),
+                )
+            )
+        return out
+
+    def restore(self, snap: CameraSnapshot, info: CameraInfo) -> None:
+        """Go on with ``snap`` for camera ``info`` (replacing any state of it).  A camera
+        recalibrated since keeps its ids but not its tracks, as :meth:`apply_changes` does."""
+        tracker = ByteTracker.from_state(snap.tracker, self.tracker_config)
+        same = info.fingerprint == snap.fingerprint
+        watchdog = self._watchdog(info, snap.health if same else None)
+        cam = _Camera(
+            info,
+            tracker,
+            snap.base,
+            watchdog,
+            last_t=snap.last_t,
+            next_health_t=snap.next_health_t,
+            saved_reference=watchdog.reference_updates,
+            paths={
+                tid: deque((float(a), float(b), float(c)) for a, b, c in path.tolist())
+                for tid, path in snap.paths.items()
+            },
+        )
+        if not same:
+            log.info("camera %s: recalibrated while stopped: tracks reset", info.camera_id)
+            tracker.reset()
+            cam.paths.clear()
+        self._cams[info.camera_id] = cam
+
+    def _watchdog(self, info: CameraInfo, health: HealthSnapshot | None) -> CameraWatchdog:
+        """The watchdog of a restored camera: as snapshot (``health``), or a new one."""
+        store, cid = self.references, info.camera_id
+        ref = store.load(cid, info.version) if store is not None else None
+        if health is not None:
+            want = health.reference_taken_at
+            if want is None:
+                ref = None  # it had none yet: it takes the next healthy view, as it would have
+            elif ref is None or ref.taken_at != want:
+                at = store.load(cid, info.version, taken_at=want) if store is not None else None
+                if at is None:
+                    log.warning(
+                        "camera %s: the reference view of the snapshot (taken at %.3f) is "
+                        "gone; using the latest",
+                        cid,
+                        want,
+                    )
+                ref = at if at is not None else ref
+        watchdog = CameraWatchdog(cid, self.health, ref)
+        if health is not None:
+            health.apply(watchdog)
+        return watchdog
+
+    def forget(self, camera_id: str) -> None:
+        """Drop a camera's state (e.g. its partition went to another worker)."""
+        self._cams.pop(camera_id, None)
 
     def _sync(self, cam: _Camera, info: CameraInfo) -> list[Alert]:
         """Follow a changed camera row: a new calibration resets tracks and the watchdog's
@@ -231,7 +340,7 @@ class VisionProcessor:
         cam = self._cams.get(h.camera_id)
         alerts: list[Alert] = []
         if cam is None:
-            cam = self._cams[h.camera_id] = self._new_camera(w.camera, t)
+            cam = self._cams[h.camera_id] = self._new_camera(w.camera, t, w.id_floor_t)
         else:
             alerts += self._sync(cam, w.camera)
         cam.last_t = t
@@ -249,8 +358,10 @@ class VisionProcessor:
             model_version=self.detector.model_version,
             tracks=self._observations(cam, tracked, t, h.width, h.height),
         )
-        if len(cam.paths) > 4 * len(tracked) + 200:
-            cam.paths = {k: p for k, p in cam.paths.items() if t - p[-1][0] < 5.0}
+        if cam.paths:  # only live tracks can be seen again: the paths stay few (snapshots)
+            live = {(cam.base + i) % INT32_MAX for i in cam.tracker.live_ids}
+            if not live.issuperset(cam.paths):
+                cam.paths = {k: p for k, p in cam.paths.items() if k in live}
         return FrameOutcome(batch=batch, alerts=tuple(alerts))
 
     def _observations(

@@ -15,20 +15,33 @@ for occupancy and event time) keyed by camera; camera health alerts -> ``traffic
 Dead letters (``camera.frames.dlq``, with the reason): undecodable records or JPEGs, and
 frames of cameras that are not in the ``cameras`` table.  A new consumer group starts at the
 earliest frames, or with ``from_latest`` at the newest (a video backlog is rarely worth
-detecting).  Offsets are committed after the
+detecting); that start position is committed at once, so a worker killed before its first
+commit resumes there instead of skipping to a newer end.  Offsets are committed after the
 batch holding them was processed and its outputs acknowledged (at least once; a replay
 re-sends batches the traffic worker drops as already seen).
+
+Trackers survive restarts (:mod:`streams.vision.checkpoint`): before each commit, with every
+output acknowledged, the worker writes a snapshot of the trackers of the cameras on its
+partitions and the offsets it commits.  At start it restores the cameras of each assigned
+partition whose snapshot offset is not behind the group's committed one, and seeks those
+partitions to the snapshot's offset (a commit that failed after the snapshot must not feed
+frames through the restored trackers twice; frames at or before a camera's last time are
+skipped as stale anyway).  A camera that may have been tracked before without its state being
+restored here (no snapshot, a corrupt or stale one, a partition taken over from another
+worker) gets a tracker whose ids start above any id issued before
+(:func:`~streams.vision.processor.id_base` of the wall clock).  If the snapshot cannot be
+written, offsets are not committed past the last one written.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-import numpy as np
-
+from citystream.errors import SinkError
 from citystream.settings import Settings
 from schemas.codecs import Frame, dead_letter
 from schemas.messages import Alert, Severity
@@ -36,51 +49,16 @@ from schemas.topics import TOPICS
 from streams.consumer import ConsumerLoop
 from streams.decode import decode_record
 from streams.traffic.cameras import CameraDirectory
+from streams.vision.checkpoint import FileReferenceStore as FileReferenceStore
+from streams.vision.checkpoint import Offsets, Snapshot, SnapshotFile
 from streams.vision.detector import Detector
-from streams.vision.health import HealthConfig, Reference
+from streams.vision.health import HealthConfig
 from streams.vision.processor import FrameWork, VisionProcessor
 
 log = logging.getLogger(__name__)
 FRAMES = TOPICS["camera.frames"]
 TRACKS = TOPICS["traffic.tracks"]
 ALERTS = TOPICS["traffic.alerts"]
-
-
-class FileReferenceStore:
-    """Watchdog reference views as ``<root>/<camera_id>.v<version>.npz`` (small greyscale)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _path(self, camera_id: str, version: int) -> Path:
-        return self.root / f"{camera_id}.v{version}.npz"
-
-    def load(self, camera_id: str, version: int) -> Reference | None:
-        path = self._path(camera_id, version)
-        try:
-            with np.load(path) as data:
-                return Reference(
-                    np.asarray(data["image"], dtype=np.uint8),
-                    np.asarray(data["to_view"], dtype=np.float64).reshape(2, 3),
-                    float(data["taken_at"]),
-                )
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("ignoring unreadable reference view %s: %s", path, exc)
-            return None
-
-    def save(self, camera_id: str, version: int, reference: Reference) -> None:
-        path = self._path(camera_id, version)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(
-                tmp, image=reference.image, to_view=reference.to_view, taken_at=reference.taken_at
-            )
-            tmp.replace(path)
-        except OSError as exc:  # the watchdog works without it; a restart re-learns the view
-            log.warning("cannot save the reference view of %s: %s", camera_id, exc)
 
 
 @dataclass(frozen=True)
@@ -133,6 +111,22 @@ class VisionStage(ConsumerLoop):
         self.detect_s = r.summary("detect_seconds", "Wall time of one detector call")
         self.busy = r.counter("detect_seconds_total", "Wall time spent in the detector")
         self.cameras = r.gauge("cameras", "Cameras with a tracker on this worker")
+        self.snapshot_writes = r.counter(
+            "snapshot_writes_total", "Tracker snapshots written before a commit", ("outcome",)
+        )
+        self.snapshot_bytes = r.gauge("snapshot_bytes", "Size of the last tracker snapshot")
+        self.snapshot_cameras = r.counter(
+            "snapshot_cameras_total",
+            "Cameras of the snapshot read at start: restored, or started afresh (why)",
+            ("outcome",),
+        )
+        self.snapshots = SnapshotFile(settings.state_dir / "vision" / f"{group_id}.trackers.json")
+        self._snap_offsets: Offsets = {}  # what the last snapshot written (or restored) covers
+        self._snap_frames = -1  # frames processed when it was written
+        self._partition_of: dict[str, int] = {}  # camera -> its camera.frames partition
+        #: partition -> time new trackers of its cameras take their ids from at the earliest
+        #: (None: none, nobody tracked them before this worker; see processor.id_base)
+        self._id_floor: dict[int, float | None] = {}
 
     # --- wiring --------------------------------------------------------------------------
     def connect(self) -> None:
@@ -152,27 +146,106 @@ class VisionStage(ConsumerLoop):
         refs = FileReferenceStore(self.settings.state_dir / "vision" / "reference-views")
         self.processor = VisionProcessor(self._detector, health=self.health, references=refs)
         super().connect()
-        if self.from_latest:
-            self._start_at_end()
+        snapshot = self.snapshots.load()
+        if self.from_latest or snapshot is not None:
+            self._position(snapshot)
 
-    def _start_at_end(self, timeout_s: float = 60.0) -> None:
-        """Partitions this group never committed start at their end (live video only)."""
+    def _position(self, snapshot: Snapshot | None, timeout_s: float = 180.0) -> None:
+        """Join the group, then: restore the snapshot's cameras of the partitions assigned
+        whose snapshot is not behind the committed offset, seek those partitions to the
+        snapshot's offset, and (``from_latest``) start the others this group never committed
+        at their end, committed at once.  The join waits out the session of a killed
+        predecessor (45 s by default); partitions assigned only later start without the
+        snapshot (their new trackers take ids above the old ones)."""
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
         deadline = time.monotonic() + timeout_s
         while not self.consumer.assignment() and time.monotonic() < deadline:
             if self._stop.is_set():
                 return
             self.consumer.poll(timeout_ms=200, update_offsets=False)  # join the group
-        fresh = [tp for tp in self.consumer.assignment() if self.consumer.committed(tp) is None]
-        if fresh:
-            self.consumer.seek_to_end(*fresh)
-            for (
-                tp
-            ) in fresh:  # resolve now: the reset is lazy, frames sent meanwhile would be skipped
-                self.consumer.position(tp)
+        assigned = sorted(self.consumer.assignment())
+        if not assigned:
+            log.warning("%s: no partitions assigned after %.0f s", self.name, timeout_s)
+        committed = {tp: self.consumer.committed(tp) for tp in assigned}
+        restored: set[int] = set()
+        if snapshot is not None:
+            restored = self._resume(snapshot, committed)
+            self._restore(snapshot, restored)
+        fresh = [tp for tp in assigned if committed[tp] is None and tp.partition not in restored]
+        if self.from_latest:
+            if fresh:
+                self.consumer.seek_to_end(*fresh)
+                # resolve now: the reset is lazy, frames sent meanwhile would be skipped; and
+                # commit: a worker killed before its first commit must resume here
+                start = {tp: OffsetAndMetadata(self.consumer.position(tp), "", -1) for tp in fresh}
+                try:
+                    self.consumer.commit(start)
+                except KafkaError as exc:
+                    log.warning("%s: could not commit the start offsets: %s", self.name, exc)
+            log.info(
+                "%s: starting at the end of %d partition(s) without committed offsets",
+                self.name,
+                len(fresh),
+            )
+        for tp in assigned:
+            unknown_past = committed[tp] is not None and tp.partition not in restored
+            self._id_floor[tp.partition] = time.time() if unknown_past else None
+
+    def _resume(self, snapshot: Snapshot, committed: Mapping[Any, int | None]) -> set[int]:
+        """Partitions (of those assigned, with their committed offsets) whose snapshot is
+        usable: not behind the committed offset.  Those ahead of it are sought there."""
+        usable: set[int] = set()
+        for tp, done in committed.items():
+            offset = snapshot.offsets.get((tp.topic, tp.partition))
+            if offset is None:
+                continue
+            if done is not None and offset < done:
+                log.warning(
+                    "%s: the snapshot of %s[%d] is at offset %d, behind the committed %d "
+                    "(another worker went on): its cameras start afresh",
+                    self.name,
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    done,
+                )
+                continue
+            usable.add(tp.partition)
+            self._snap_offsets[(tp.topic, tp.partition)] = offset
+            if done is None or offset > done:
+                log.info(
+                    "%s: %s[%d] resumes at the snapshot's offset %d (committed: %s)",
+                    self.name,
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    done,
+                )
+                self.consumer.seek(tp, offset)
+        return usable
+
+    def _restore(self, snapshot: Snapshot, partitions: set[int]) -> None:
+        assert self.processor is not None
+        for cid, saved in sorted(snapshot.cameras.items()):
+            info = self.directory.lookup(cid)
+            if saved.partition not in partitions:
+                outcome = "partition_elsewhere_or_stale"
+            elif info is None:
+                outcome = "camera_removed"
+            else:
+                self.processor.restore(saved.state, info)
+                self._partition_of[cid] = saved.partition
+                outcome = "restored"
+            self.snapshot_cameras.labels(outcome).inc()
+        n = sum(1 for c in snapshot.cameras.values() if c.partition in partitions)
         log.info(
-            "%s: starting at the end of %d partition(s) without committed offsets",
+            "%s: trackers of %d of %d camera(s) restored from %s",
             self.name,
-            len(fresh),
+            len(self.processor.cameras),
+            n,
+            self.snapshots.path,
         )
 
     def run(self) -> None:
@@ -208,7 +281,12 @@ class VisionStage(ConsumerLoop):
             return
         if not self._buffer:
             self._buffer_since = time.monotonic()
-        self._buffer.append(_Buffered(FrameWork(frame, info), key, value, partition, offset))
+        cid = frame.header.camera_id
+        self._partition_of[cid] = partition
+        if partition not in self._id_floor:
+            self._id_floor[partition] = self._floor_of(partition)
+        work = FrameWork(frame, info, self._id_floor[partition])
+        self._buffer.append(_Buffered(work, key, value, partition, offset))
         if len(self._buffer) >= self.batch_max:
             self._flush()
 
@@ -229,12 +307,46 @@ class VisionStage(ConsumerLoop):
             ),
         )
 
+    def _floor_of(self, partition: int) -> float | None:
+        """For a partition first seen after the start (a rebalance): did this group
+        process it before (its cameras may have been tracked by another worker)?"""
+        from kafka import TopicPartition
+        from kafka.errors import KafkaError
+
+        try:
+            done = self.consumer.committed(TopicPartition(FRAMES.name, partition))
+        except KafkaError:
+            done = 0  # unknown: assume it was
+        return time.time() if done is not None else None
+
+    def _revoked(self) -> None:
+        """Forget the cameras of partitions given to another worker: if one comes back, the
+        state here is stale (the other worker went on with its own trackers)."""
+        assigned = {tp.partition for tp in self.consumer.assignment() if tp.topic == FRAMES.name}
+        if not assigned or self.processor is None:  # none: mid-rebalance, or no work at all
+            return
+        gone = {p for p in (*self._id_floor, *self._partition_of.values()) if p not in assigned}
+        if not gone:
+            return
+        log.info("%s: partition(s) %s revoked: their cameras' trackers dropped", self.name, gone)
+        for cid in [c for c, p in self._partition_of.items() if p in gone]:
+            self.processor.forget(cid)
+            del self._partition_of[cid]
+        for p in gone:
+            self._id_floor.pop(p, None)
+            self._snap_offsets.pop((FRAMES.name, p), None)
+
     def on_idle(self) -> None:
         self.directory.refresh()
         changes = self.directory.take_changes()
         if changes and self.processor is not None:
             for alert in self.processor.apply_changes(changes, self.directory.cameras):
                 self._send_alert(alert)
+            for cid in changes.removed:
+                self._partition_of.pop(cid, None)
+            self._snap_frames = -1  # the state changed: the next checkpoint writes
+        if self.consumer is not None:
+            self._revoked()
         if self._buffer and time.monotonic() - self._buffer_since >= self.batch_wait_s:
             self._flush()
         now = time.monotonic()
@@ -253,7 +365,41 @@ class VisionStage(ConsumerLoop):
 
     def checkpoint(self, handled: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         self._flush()  # nothing handled stays unprocessed across a commit
-        return handled
+        if self.processor is None or self.consumer is None:
+            return handled
+        # the snapshot claims every frame below its offsets: their outputs must be in Kafka
+        self.producer.flush()
+        failed = [f for f in self._sent if f.failed()]
+        if failed:
+            raise SinkError(f"{self.name}: {len(failed)} sends failed, e.g. {failed[0].exception}")
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        offsets = {k: v for k, v in {**self._snap_offsets, **handled}.items() if k in assigned}
+        if offsets == self._snap_offsets and self._snap_frames == self._frames_in_calls:
+            return offsets  # nothing new since the last snapshot
+        mine = {p for t, p in offsets if t == FRAMES.name}
+        cams = [c for c, p in self._partition_of.items() if p in mine]
+        try:
+            self.snapshots.save(
+                offsets,
+                [(self._partition_of[c.camera_id], c) for c in self.processor.snapshot(cams)],
+            )
+        except (OSError, ValueError) as exc:
+            self.snapshot_writes.labels("failed").inc()
+            log.error(
+                "%s: cannot write the tracker snapshot %s (%s); offsets stay at the last one",
+                self.name,
+                self.snapshots.path,
+                exc,
+            )
+            return {
+                k: min(v, self._snap_offsets[k])
+                for k, v in offsets.items()
+                if k in self._snap_offsets
+            }
+        self.snapshot_writes.labels("ok").inc()
+        self.snapshot_bytes.set(self.snapshots.last_size)
+        self._snap_offsets, self._snap_frames = offsets, self._frames_in_calls
+        return offsets
 
     # --- batches -------------------------------------------------------------------------
     def _flush(self) -> None:

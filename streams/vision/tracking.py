@@ -15,6 +15,11 @@ A track gets its id when it is confirmed (``min_hits`` matches), from a counter 
 tracker instance: ids of one camera never depend on any other camera or on batching.
 The class of a track is the confidence-weighted vote over its detections, so a box that the
 detector labels ``motorbike`` 9 times and ``bicycle`` once stays a motorbike.
+
+:meth:`ByteTracker.state` and :meth:`ByteTracker.from_state` carry a tracker across a
+restart: every live track (tentative, tracked, lost) with its Kalman mean and covariance, in
+order, and the id counter.  A restored tracker continues exactly as the original would have
+(same ids, same boxes), which :mod:`streams.vision.checkpoint` relies on.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from scipy.optimize import linear_sum_assignment
 from streams.vision.detections import Detections
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,68 @@ class _Track:
         return min(self.class_votes, key=lambda c: (-self.class_votes[c], c))
 
 
+@dataclass(frozen=True, eq=False)
+class TrackerState:
+    """All a :class:`ByteTracker` needs to go on where it was: ``N`` live tracks in the
+    tracker's order (it matters: ties in the matching go to the earlier track).
+
+    ``track_ids`` are -1 for tracks not yet confirmed; ``states`` hold ``0`` tentative,
+    ``1`` tracked, ``2`` lost; ``means`` (N, 8) and ``covariances`` (N, 8, 8) are the Kalman
+    filters over (cx, cy, w, h) and their velocities; ``last_boxes`` (N, 4) the last matched
+    detection; ``class_votes`` the confidence sums per class id.  Exact: floats are kept as
+    they are, so a restored tracker produces bit-identical results.
+    """
+
+    next_id: int
+    frame_count: int
+    track_ids: IntArray
+    states: IntArray
+    hits: IntArray
+    missed: IntArray
+    confidence: FloatArray
+    means: FloatArray
+    covariances: FloatArray
+    last_boxes: FloatArray
+    class_votes: tuple[tuple[tuple[int, float], ...], ...]
+
+    def __post_init__(self) -> None:
+        """Validate (a snapshot is read from disk: anything may be in it); raises ValueError."""
+        n = len(self.class_votes)
+        ints = {"track_ids": self.track_ids, "states": self.states, "hits": self.hits}
+        for name, shape, arr in (
+            *((k, (n,), v) for k, v in ints.items()),
+            ("missed", (n,), self.missed),
+            ("confidence", (n,), self.confidence),
+            ("means", (n, 8), self.means),
+            ("covariances", (n, 8, 8), self.covariances),
+            ("last_boxes", (n, 4), self.last_boxes),
+        ):
+            if np.shape(arr) != shape:
+                raise ValueError(f"TrackerState.{name}: shape {np.shape(arr)}, expected {shape}")
+        floats = (self.confidence, self.means, self.covariances, self.last_boxes)
+        if n and not all(np.isfinite(a).all() for a in floats):
+            raise ValueError("TrackerState holds NaN or infinity")
+        if self.next_id < 1 or self.frame_count < 0:
+            raise ValueError("TrackerState needs next_id >= 1 and frame_count >= 0")
+        if n and not np.isin(self.states, [s.value for s in _State]).all():
+            raise ValueError(f"TrackerState.states: unknown state in {self.states.tolist()}")
+        if n and (self.hits.min() < 1 or self.missed.min() < 0):
+            raise ValueError("TrackerState needs hits >= 1 and missed >= 0")
+        ids = self.track_ids[self.track_ids >= 0]
+        if n and (self.track_ids.min() < -1 or (len(ids) and ids.max() >= self.next_id)):
+            raise ValueError("TrackerState.track_ids must be -1 or below next_id")
+        if len(set(ids.tolist())) != len(ids):
+            raise ValueError("TrackerState.track_ids repeat an id")
+        confirmed = self.states != _State.tentative.value
+        if n and not np.array_equal(confirmed, self.track_ids >= 0):
+            raise ValueError("TrackerState: exactly the confirmed tracks have ids")
+        if any(not votes for votes in self.class_votes):
+            raise ValueError("TrackerState.class_votes: a track without a class")
+
+    def __len__(self) -> int:
+        return len(self.class_votes)
+
+
 def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
     """IoU matrix (len(a), len(b)) of two xyxy box arrays."""
     a = a.reshape(-1, 4)
@@ -200,6 +268,56 @@ class ByteTracker:
     @property
     def live_track_count(self) -> int:
         return len(self._tracks)
+
+    @property
+    def live_ids(self) -> list[int]:
+        """Ids of the confirmed tracks still kept (tracked or lost): the only ids this
+        tracker can report again."""
+        return [t.track_id for t in self._tracks if t.track_id >= 0]
+
+    @property
+    def next_id(self) -> int:
+        """The id the next confirmed track gets."""
+        return self._next_id
+
+    def state(self) -> TrackerState:
+        """A copy of everything :meth:`update` depends on (see :class:`TrackerState`)."""
+        ts = self._tracks
+        return TrackerState(
+            next_id=self._next_id,
+            frame_count=self.frame_count,
+            track_ids=np.array([t.track_id for t in ts], dtype=np.int64),
+            states=np.array([t.state.value for t in ts], dtype=np.int64),
+            hits=np.array([t.hits for t in ts], dtype=np.int64),
+            missed=np.array([t.missed for t in ts], dtype=np.int64),
+            confidence=np.array([t.confidence for t in ts], dtype=np.float64),
+            means=np.array([t.mean for t in ts], dtype=np.float64).reshape(-1, 8),
+            covariances=np.array([t.cov for t in ts], dtype=np.float64).reshape(-1, 8, 8),
+            last_boxes=np.array([t.last_box for t in ts], dtype=np.float64).reshape(-1, 4),
+            class_votes=tuple(tuple(t.class_votes.items()) for t in ts),
+        )
+
+    @classmethod
+    def from_state(cls, state: TrackerState, config: TrackerConfig | None = None) -> ByteTracker:
+        """A tracker that continues exactly where the one that gave ``state`` was."""
+        tracker = cls(config)
+        tracker._next_id = int(state.next_id)
+        tracker.frame_count = int(state.frame_count)
+        tracker._tracks = [
+            _Track(
+                mean=np.array(state.means[i], dtype=np.float64),
+                cov=np.array(state.covariances[i], dtype=np.float64),
+                class_votes={int(c): float(v) for c, v in state.class_votes[i]},
+                confidence=float(state.confidence[i]),
+                state=_State(int(state.states[i])),
+                track_id=int(state.track_ids[i]),
+                hits=int(state.hits[i]),
+                missed=int(state.missed[i]),
+                last_box=np.array(state.last_boxes[i], dtype=np.float64),
+            )
+            for i in range(len(state))
+        ]
+        return tracker
 
     def update(self, detections: Detections) -> Detections:
         """Associate one frame's detections; returns the confirmed tracks seen in this frame.

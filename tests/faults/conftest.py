@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,12 +25,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    from tests.faults.test_faults import HEADERS, ROWS
+    from tests.faults.test_faults import HEADERS
 
-    if not ROWS:
+    # the modules that ran: each keeps its rows (and the vision one a note on its columns)
+    modules = [sys.modules.get(f"tests.faults.{m}") for m in ("test_faults", "test_vision_fault")]
+    rows = [row for m in modules if m is not None for row in m.ROWS]
+    if not rows:
         return
     terminalreporter.write_sep("=", "fault suite: kill -9 and restart, one component at a time")
-    terminalreporter.write_line(format_table(list(HEADERS), ROWS))
+    terminalreporter.write_line(format_table(list(HEADERS), rows))
     terminalreporter.write_line(
         "in flight: readings the gateway had published that were not in the DB at the kill; "
         "lost / duplicated: rows missing from / repeated in meter_readings after the drain; "
@@ -37,3 +41,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         "workers that exited and were started again; rows again: kill -> first new rows "
         "after the component is back; drained: kill -> every row stored."
     )
+    for m in modules:
+        if m is not None and m.ROWS and hasattr(m, "NOTE"):
+            terminalreporter.write_line(m.NOTE)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streams.vision import ByteTracker, Detections, MultiCameraTracker, TrackerConfig
-from streams.vision.tracking import box_iou
+from streams.vision.tracking import TrackerState, box_iou
 
 
 def dets(
@@ -110,3 +110,81 @@ def test_camera_ids_are_independent_of_other_cameras() -> None:
         want = solo.update(d)
     assert got.tracker_id.tolist() == want.tracker_id.tolist()
     assert multi.cameras == ["cam-a", "cam-b"]
+
+
+# --- state across a restart --------------------------------------------------------------------
+def scene(k: int) -> Detections:
+    """Frame ``k`` of a busy synthetic street: vehicles enter and leave, two cross, one is
+    occluded (low scores, then nothing), one is a lone false detection, classes flicker."""
+    boxes: list[tuple[float, float, float, float]] = []
+    confs: list[float] = []
+    classes: list[int] = []
+    for v in range(12):
+        start = 6 * v
+        if not start <= k < start + 35:
+            continue
+        age = k - start
+        x = 40 + (9 + v % 3) * age if v % 2 else 600 - (7 + v % 4) * age
+        y = 80 + 40 * (v % 5)
+        conf = 0.92 - 0.03 * (v % 4)
+        if v == 5 and 10 <= age < 14:
+            conf = 0.3  # occlusion: only low-confidence boxes
+        if v == 5 and 14 <= age < 18:
+            continue  # then nothing at all
+        boxes.append(box(x, y, 22 + 2 * (v % 3), 30))
+        confs.append(conf)
+        classes.append(2 if (age + v) % 7 else 3)
+    if k % 9 == 4:
+        boxes.append(box(300 + k, 20))  # a one-frame ghost
+        confs.append(0.65)
+        classes.append(1)
+    return dets(boxes, cls=classes, confs=confs)
+
+
+def assert_same(a: Detections, b: Detections) -> None:
+    assert a.tracker_id.tolist() == b.tracker_id.tolist()
+    assert a.class_id.tolist() == b.class_id.tolist()
+    assert np.array_equal(a.xyxy, b.xyxy) and np.array_equal(a.confidence, b.confidence)
+
+
+@pytest.mark.parametrize("cut", [1, 7, 23, 40, 66])
+def test_restored_tracker_goes_on_exactly_like_the_original(cut: int) -> None:
+    config = TrackerConfig(track_buffer=6)
+    original, interrupted = ByteTracker(config), ByteTracker(config)
+    for k in range(cut):
+        assert_same(original.update(scene(k)), interrupted.update(scene(k)))
+    state = interrupted.state()
+    del interrupted  # the worker was killed
+    restored = ByteTracker.from_state(state, config)
+    assert restored.next_id == original.next_id and restored.frame_count == cut
+    ids: set[int] = set()
+    for k in range(cut, 90):
+        want = original.update(scene(k))
+        assert_same(restored.update(scene(k)), want)
+        ids.update(want.tracker_id.tolist())
+    assert len(ids) >= 3  # the test saw tracks born after the cut
+    # and inside: the same tracks with bit-identical Kalman filters (predicted boxes)
+    a, b = restored.state(), original.state()
+    for name in ("track_ids", "states", "hits", "missed", "means", "covariances", "last_boxes"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert a.class_votes == b.class_votes and a.next_id == b.next_id
+
+
+def test_tracker_state_is_a_copy_and_is_validated() -> None:
+    tracker = ByteTracker()
+    for k in range(20):
+        tracker.update(scene(k))
+    state = tracker.state()
+    assert len(state) == tracker.live_track_count > 0
+    assert sorted(state.track_ids[state.track_ids >= 0].tolist()) == sorted(tracker.live_ids)
+    before = state.means.copy()
+    tracker.update(scene(20))
+    assert np.array_equal(state.means, before)  # the tracker went on, the state did not
+    with pytest.raises(ValueError, match="shape"):
+        TrackerState(**{**vars(state), "means": state.means[:, :4]})
+    with pytest.raises(ValueError, match="below next_id"):
+        TrackerState(**{**vars(state), "next_id": 1})
+    with pytest.raises(ValueError, match="NaN"):
+        TrackerState(**{**vars(state), "covariances": state.covariances * np.nan})
+    with pytest.raises(ValueError, match="unknown state"):
+        TrackerState(**{**vars(state), "states": state.states + 7})
