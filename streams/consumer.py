@@ -56,19 +56,22 @@ REJOIN_S = 30.0
 
 
 class _ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Drops the handled offsets of revoked partitions: were one assigned back later, its
-    stale offset would be committed over what another member committed meanwhile (backwards:
-    records again; forwards, if that member had not got as far: records skipped)."""
+    """Drops the handled offsets of partitions a rebalance gave to another member: were one
+    assigned back later, its stale offset would be committed over what that member committed
+    meanwhile (backwards: records again; forwards, if it had not got as far: records
+    skipped).  Partitions that stay ours keep theirs: an eager rebalance revokes them all,
+    and the consumer goes on from its positions in those it gets back."""
 
     def __init__(self, handled: dict[tuple[str, int], int]) -> None:
         self.handled = handled
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        for tp in revoked:
-            self.handled.pop((tp.topic, tp.partition), None)
+        return None
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        kept = {(tp.topic, tp.partition) for tp in assigned}
+        for key in [k for k in self.handled if k not in kept]:
+            del self.handled[key]
 
 
 class ConsumerLoop(ABC):
