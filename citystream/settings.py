@@ -49,6 +49,14 @@ class KafkaSettings(_Frozen):
         description="Let the embedded broker create unknown topics on first use (off: topics come "
         "from the topic registry; faust creates its own internal topics explicitly)",
     )
+    session_timeout_ms: int = Field(
+        15_000,
+        ge=6_000,
+        le=300_000,
+        description="Consumer group session of the workers: a worker killed without leaving "
+        "the group holds its partitions this long before another member (or its restart) "
+        "takes them over; heartbeats come from a background thread every third of it",
+    )
 
     @property
     def bootstrap(self) -> str:

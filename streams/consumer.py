@@ -173,6 +173,8 @@ class ConsumerLoop(ABC):
             max_poll_records=self.max_poll_records,
             metadata_max_age_ms=30_000,
             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+            session_timeout_ms=self.settings.kafka.session_timeout_ms,
+            heartbeat_interval_ms=self.settings.kafka.session_timeout_ms // 3,
         )
         # Subscribe only once the topics' metadata is known: a group joined before that is
         # assigned nothing for those topics until the next metadata refresh.

@@ -155,7 +155,7 @@ class VisionStage(ConsumerLoop):
         whose snapshot is not behind the committed offset, seek those partitions to the
         snapshot's offset, and (``from_latest``) start the others this group never committed
         at their end, committed at once.  The join waits out the session of a killed
-        predecessor (45 s by default); partitions assigned only later start without the
+        predecessor (``kafka.session_timeout_ms``); partitions assigned only later start without the
         snapshot (their new trackers take ids above the old ones)."""
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
