@@ -108,7 +108,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a detected violation matches a true one within this many seconds (3)",
     )
     parser.add_argument(
-        "--keep", type=Path, default=None, metavar="DIR", help="keep logs, truth and state here"
+        "--keep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep logs, truth, state and the track batches (tracks.jsonl) here",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -211,8 +215,11 @@ def read_truth(path: Path) -> dict[str, Any]:
     return {"violations": violations, "frames": frames, "lanes": dict(lanes), "meta": meta}
 
 
-def read_tracks(settings: Settings, camera_id: str) -> dict[int, list[Box]]:
-    """Every TrackBatch of ``camera_id`` on ``traffic.tracks``, as boxes by frame seq."""
+def read_tracks(
+    settings: Settings, camera_id: str, dump: Path | None = None
+) -> dict[int, list[Box]]:
+    """Every TrackBatch of ``camera_id`` on ``traffic.tracks``, as boxes by frame seq (and
+    each batch as sent, a JSON line each, into ``dump``)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from schemas.messages import TrackBatch
@@ -221,6 +228,7 @@ def read_tracks(settings: Settings, camera_id: str) -> dict[int, list[Box]]:
     topic = TOPICS["traffic.tracks"]
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
     out: dict[int, list[Box]] = {}
+    sink = dump.open("wb") if dump is not None else None
     try:
         tps = [TopicPartition(topic.name, p) for p in consumer.partitions_for_topic(topic.name)]
         consumer.assign(tps)
@@ -233,6 +241,8 @@ def read_tracks(settings: Settings, camera_id: str) -> dict[int, list[Box]]:
                     assert isinstance(batch, TrackBatch)
                     if batch.camera_id != camera_id:
                         continue
+                    if sink is not None:
+                        sink.write(m.value.rstrip(b"\n") + b"\n")
                     out[batch.frame_seq] = [
                         Box(
                             o.track_id,
@@ -243,6 +253,8 @@ def read_tracks(settings: Settings, camera_id: str) -> dict[int, list[Box]]:
                     ]
     finally:
         consumer.close()
+        if sink is not None:
+            sink.close()
     return out
 
 
@@ -439,7 +451,7 @@ def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[st
         pipeline.check()
         truth = read_truth(truth_file)
         db = read_db(settings, inter)
-        tracks = read_tracks(settings, camera)
+        tracks = read_tracks(settings, camera, workdir / "tracks.jsonl" if args.keep else None)
     finally:
         pipeline.stop()
         down(settings)

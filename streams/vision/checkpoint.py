@@ -5,7 +5,7 @@
   frame handled so far are acknowledged by Kafka, the worker writes one :class:`Snapshot`:
   the offsets it is about to commit and, per camera, its complete processing state
   (:class:`CameraSnapshot`: tracks with their Kalman filters, the id counter and base, the
-  last frame time, the speed paths of live tracks, the health watchdog's conditions and the
+  last frame time, the speed filters of live tracks, the health watchdog's conditions and the
   reference view it compares with).  The state is exactly the one after the last frame
   below those offsets, so a restarted worker that restores it and resumes at those offsets
   sends the same track batches (same ids for the same vehicles) as if it had never stopped.
@@ -14,11 +14,12 @@
 * The watchdog's reference views (:class:`FileReferenceStore`): the latest per camera and
   calibration version, and the one before (a snapshot may still refer to it).
 
-Snapshot format: JSON, ``{"v": 1, "kind": KIND, "written_at", "offsets": [[topic,
+Snapshot format: JSON, ``{"v": 2, "kind": KIND, "written_at", "offsets": [[topic,
 partition, offset]], "cameras": [...]}``; the float arrays of a tracker (means, covariances,
-boxes) and the speed paths are base64 of little-endian float64, exact and about half the
-size of decimal text.  The size is bounded by the live tracks, not by time: about 1 KB per
-track plus its speed path (0.7 KB at 10 fps), a few hundred bytes per camera.
+boxes) and the speed filters are base64 of little-endian float64, exact and about half the
+size of decimal text.  The size is bounded by the live tracks, not by time: about 1.1 KB per
+track, a few hundred bytes per camera.  (Version 1 kept speed paths; such a snapshot is
+refused like any unknown one.)
 
 :meth:`SnapshotFile.load` returns None for a missing file and, after logging an error, for
 an unreadable, corrupt or unknown one: the worker then starts without it (its new trackers
@@ -43,11 +44,12 @@ import numpy as np
 
 from streams.traffic.geometry import FloatArray
 from streams.vision.health import CameraWatchdog, Condition, Hysteresis, Reference, ViewSample
+from streams.vision.speed import STATE_SIZE
 from streams.vision.tracking import TrackerState
 
 log = logging.getLogger(__name__)
 KIND = "citystream.vision.trackers"
-VERSION = 1
+VERSION = 2
 
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> next offset to consume
 INT32_MAX = 2_147_483_647  # track ids (with their base) fit the DB's integer column
@@ -100,8 +102,8 @@ class CameraSnapshot:
     ``fingerprint`` is the camera row's (a different one at restore time means it was
     recalibrated meanwhile: the tracks are dropped, the ids go on); ``base`` the id base;
     ``last_t`` the event time of its last frame (earlier frames are stale);
-    ``next_health_t`` its next watchdog sample; ``paths`` the (t, x, y) ground points of the
-    speed window of each live track id (as sent, i.e. with the base); ``health`` the
+    ``next_health_t`` its next watchdog sample; ``speeds`` the speed filter state
+    (:meth:`SpeedFilter.state`) of each live track id (as sent, i.e. with the base); ``health`` the
     watchdog's (its shifted condition withholds ground positions)."""
 
     camera_id: str
@@ -110,7 +112,7 @@ class CameraSnapshot:
     last_t: float
     next_health_t: float
     tracker: TrackerState
-    paths: Mapping[int, FloatArray]
+    speeds: Mapping[int, FloatArray]
     health: HealthSnapshot
 
     def __post_init__(self) -> None:
@@ -118,11 +120,11 @@ class CameraSnapshot:
             raise ValueError(f"CameraSnapshot.base {self.base} outside 0..{INT32_MAX - 1}")
         if not np.isfinite(self.last_t) or np.isnan(self.next_health_t):
             raise ValueError("CameraSnapshot needs a finite last_t")
-        for tid, path in self.paths.items():
-            if np.ndim(path) != 2 or np.shape(path)[1] != 3 or not len(path):
-                raise ValueError(f"CameraSnapshot.paths[{tid}]: shape {np.shape(path)}")
-            if not np.isfinite(path).all():
-                raise ValueError(f"CameraSnapshot.paths[{tid}] holds NaN or infinity")
+        for tid, speed in self.speeds.items():
+            if np.shape(speed) != (STATE_SIZE,):
+                raise ValueError(f"CameraSnapshot.speeds[{tid}]: shape {np.shape(speed)}")
+            if not np.isfinite(speed).all():
+                raise ValueError(f"CameraSnapshot.speeds[{tid}] holds NaN or infinity")
 
 
 @dataclass(frozen=True)
@@ -245,16 +247,16 @@ def encode_camera(partition: int, cam: CameraSnapshot) -> dict[str, Any]:
         "last_t": cam.last_t,
         "next_health_t": _finite_or_none(cam.next_health_t),
         "tracker": encode_tracker(cam.tracker),
-        "paths": [[tid, len(p), _pack(p)] for tid, p in cam.paths.items()],
+        "speeds": [[tid, _pack(s)] for tid, s in cam.speeds.items()],
         "health": encode_health(cam.health),
     }
 
 
 def decode_camera(d: Mapping[str, Any]) -> SavedCamera:
     health = d["next_health_t"]
-    paths: dict[int, FloatArray] = {}
-    for tid, n, packed in _list(d["paths"]):
-        paths[int(tid)] = _unpack(packed, (int(n), 3))
+    speeds: dict[int, FloatArray] = {}
+    for tid, packed in _list(d["speeds"]):
+        speeds[int(tid)] = _unpack(packed, (STATE_SIZE,))
     cam = CameraSnapshot(
         camera_id=str(d["camera_id"]),
         fingerprint=str(d["fingerprint"]),
@@ -262,7 +264,7 @@ def decode_camera(d: Mapping[str, Any]) -> SavedCamera:
         last_t=float(d["last_t"]),
         next_health_t=-math.inf if health is None else float(health),
         tracker=decode_tracker(d["tracker"]),
-        paths=paths,
+        speeds=speeds,
         health=decode_health(d["health"]),
     )
     return SavedCamera(int(d["partition"]), cam)

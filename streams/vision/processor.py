@@ -9,21 +9,21 @@ The Kafka-free core of the vision worker (:mod:`streams.vision.stage` feeds it):
   or of a later time given with the frame (``FrameWork.id_floor_t``) when an earlier worker
   may have tracked the camera and its state was not restored: see :func:`id_base`;
 * :meth:`VisionProcessor.snapshot` / :meth:`VisionProcessor.restore`: a camera's complete
-  state (tracker, id base, last frame time, the speed paths of its live tracks, the
+  state (tracker, id base, last frame time, the speed filters of its live tracks, the
   watchdog's conditions), so that a restarted worker sends what it would have sent without
   the restart (:mod:`streams.vision.checkpoint` stores it);
 * ``ground_xy``: the bottom centre of the box through the camera's homography (pixels scaled
   from the frame's size to the calibration's ``image_size``); points at or above the horizon
   get none.  While the watchdog reports the view *shifted*, no ground positions are sent:
   the homography no longer holds, and rules must not judge with it;
-* ``speed_kmh``: chord of the track's ground positions over the last ``speed_window_s``;
+* ``speed_kmh``: a Kalman filter over the track's ground positions
+  (:mod:`streams.vision.speed`), once it has run ``SpeedConfig.min_age_s``;
 * one health sample per camera every ``HealthConfig.sample_every_s`` of event time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,6 +39,7 @@ from streams.vision.checkpoint import INT32_MAX, CameraSnapshot, HealthSnapshot
 from streams.vision.detections import Detections
 from streams.vision.detector import DecodeFailure, Detector
 from streams.vision.health import CameraWatchdog, GrayImage, HealthConfig, Reference
+from streams.vision.speed import SpeedConfig, SpeedFilter
 from streams.vision.tracking import ByteTracker, TrackerConfig
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class _Camera:
     last_t: float = float("-inf")
     next_health_t: float = float("-inf")
     saved_reference: int = 0
-    paths: dict[int, deque[tuple[float, float, float]]] = field(default_factory=dict)
+    speeds: dict[int, SpeedFilter] = field(default_factory=dict)
 
 
 class VisionProcessor:
@@ -168,13 +169,13 @@ class VisionProcessor:
         *,
         tracker: TrackerConfig | None = None,
         health: HealthConfig | None = None,
-        speed_window_s: float = 2.0,
+        speed: SpeedConfig | None = None,
         references: ReferenceStore | None = None,
     ) -> None:
         self.detector = detector
         self.tracker_config = tracker or TrackerConfig()
         self.health = health or HealthConfig()
-        self.speed_window_s = speed_window_s
+        self.speed = speed or SpeedConfig()
         self.references = references
         self._cams: dict[str, _Camera] = {}
 
@@ -218,10 +219,7 @@ class VisionProcessor:
                     last_t=cam.last_t,
                     next_health_t=cam.next_health_t,
                     tracker=cam.tracker.state(),
-                    paths={
-                        tid: np.array(path, dtype=np.float64).reshape(-1, 3)
-                        for tid, path in sorted(cam.paths.items())
-                    },
+                    speeds={tid: f.state() for tid, f in sorted(cam.speeds.items())},
                     health=HealthSnapshot.of(cam.watchdog),
                 )
             )
@@ -241,15 +239,12 @@ class VisionProcessor:
             last_t=snap.last_t,
             next_health_t=snap.next_health_t,
             saved_reference=watchdog.reference_updates,
-            paths={
-                tid: deque((float(a), float(b), float(c)) for a, b, c in path.tolist())
-                for tid, path in snap.paths.items()
-            },
+            speeds={tid: SpeedFilter.from_state(self.speed, s) for tid, s in snap.speeds.items()},
         )
         if not same:
             log.info("camera %s: recalibrated while stopped: tracks reset", info.camera_id)
             tracker.reset()
-            cam.paths.clear()
+            cam.speeds.clear()
         self._cams[info.camera_id] = cam
 
     def _watchdog(self, info: CameraInfo, health: HealthSnapshot | None) -> CameraWatchdog:
@@ -289,7 +284,7 @@ class VisionProcessor:
             "camera %s: new calibration (version %d): tracks reset", info.camera_id, info.version
         )
         cam.tracker.reset()
-        cam.paths.clear()
+        cam.speeds.clear()
         t = cam.last_t if np.isfinite(cam.last_t) else 0.0
         ref = self.references.load(info.camera_id, info.version) if self.references else None
         alerts = cam.watchdog.reset(t, f"camera recalibrated (version {info.version})", ref)
@@ -358,10 +353,10 @@ class VisionProcessor:
             model_version=self.detector.model_version,
             tracks=self._observations(cam, tracked, t, h.width, h.height),
         )
-        if cam.paths:  # only live tracks can be seen again: the paths stay few (snapshots)
+        if cam.speeds:  # only live tracks can be seen again: the filters stay few (snapshots)
             live = {(cam.base + i) % INT32_MAX for i in cam.tracker.live_ids}
-            if not live.issuperset(cam.paths):
-                cam.paths = {k: p for k, p in cam.paths.items() if k in live}
+            if not live.issuperset(cam.speeds):
+                cam.speeds = {k: f for k, f in cam.speeds.items() if k in live}
         return FrameOutcome(batch=batch, alerts=tuple(alerts))
 
     def _observations(
@@ -397,14 +392,11 @@ class VisionProcessor:
     ) -> float | None:
         if xy is None:
             return None
-        path = cam.paths.setdefault(tid, deque())
-        path.append((t, xy[0], xy[1]))
-        while len(path) > 2 and path[1][0] <= t - self.speed_window_s:
-            path.popleft()
-        t0, x0, y0 = path[0]
-        if t - t0 < 0.25 * self.speed_window_s:
-            return None
-        return round(float(np.hypot(xy[0] - x0, xy[1] - y0) / (t - t0) * 3.6), 2)
+        f = cam.speeds.get(tid)
+        if f is None:
+            f = cam.speeds[tid] = SpeedFilter(self.speed, t, *xy)
+            return f.speed_kmh
+        return f.update(t, *xy)
 
     def _save_reference(self, cam: _Camera) -> None:
         ref = cam.watchdog.reference

@@ -21,7 +21,14 @@ import pytest
 from schemas.codecs import Frame
 from schemas.messages import FrameHeader, TrackBatch, VehicleClass
 from streams.traffic.cameras import CameraInfo, parse_camera_row
-from streams.vision.checkpoint import INT32_MAX, FileReferenceStore, SnapshotFile, decode, encode
+from streams.vision.checkpoint import (
+    INT32_MAX,
+    VERSION,
+    FileReferenceStore,
+    SnapshotFile,
+    decode,
+    encode,
+)
 from streams.vision.detections import Detections
 from streams.vision.detector import DecodeFailure
 from streams.vision.health import Reference
@@ -250,12 +257,12 @@ def test_the_snapshot_holds_live_tracks_only() -> None:
         run(proc, range(k, k + 10), batch=5)
         (snap,) = proc.snapshot()
         live = {(snap.base + int(i)) % INT32_MAX for i in snap.tracker.track_ids if i >= 0}
-        assert set(snap.paths) <= live
+        assert set(snap.speeds) <= live
         size = len(encode_one(snap))
         sizes.append((len(snap.tracker), size))
         assert size < 700 + 2000 * len(snap.tracker), (k, len(snap.tracker), size)
     # the street emptied (vehicles enter up to frame 101): at most a ghost's tentative track
-    assert not snap.paths and (snap.tracker.track_ids < 0).all()
+    assert not snap.speeds and (snap.tracker.track_ids < 0).all()
     assert sizes[-1][1] < min(s for _, s in sizes[1:-1]) < max(s for _, s in sizes) / 4
 
 
@@ -274,7 +281,7 @@ def test_snapshot_file_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     got = back.cameras["cam-1"].state
     assert back.cameras["cam-1"].partition == 3
     assert encode_one(got) == encode_one(want)  # exact: every float, every id
-    assert json.loads(store.path.read_text())["v"] == 1
+    assert json.loads(store.path.read_text())["v"] == VERSION
 
 
 def _corrupt(raw: bytes) -> list[tuple[str, bytes]]:
@@ -292,7 +299,8 @@ def _corrupt(raw: bytes) -> list[tuple[str, bytes]]:
         ("garbage", b"\x00\xff" * 40),
         ("json list", b"[]"),
         ("other kind", edit(lambda d: d.update(kind="citystream.traffic.state"))),
-        ("future version", edit(lambda d: d.update(v=2))),
+        ("future version", edit(lambda d: d.update(v=VERSION + 1))),
+        ("older version", edit(lambda d: d.update(v=VERSION - 1))),
         ("no offsets", edit(lambda d: d.pop("offsets"))),
         ("bad base64", edit(lambda d: d["cameras"][0]["tracker"].update(means="@@@"))),
         (
@@ -301,7 +309,11 @@ def _corrupt(raw: bytes) -> list[tuple[str, bytes]]:
         ),
         ("id past counter", edit(lambda d: d["cameras"][0]["tracker"].update(next_id=1))),
         ("negative offset", edit(lambda d: d["offsets"][0].__setitem__(2, -5))),
-        ("path shape", edit(lambda d: d["cameras"][0]["paths"][0].__setitem__(1, 999))),
+        # one float where a speed filter's nine belong
+        (
+            "speed state",
+            edit(lambda d: d["cameras"][0]["speeds"][0].__setitem__(1, "AAAAAAAAAAA=")),
+        ),
         ("no health", edit(lambda d: d["cameras"][0].pop("health"))),
         ("a condition", edit(lambda d: d["cameras"][0]["health"]["conditions"].pop("shifted"))),
     ]
@@ -315,7 +327,7 @@ def test_a_corrupt_or_foreign_snapshot_is_ignored_loudly(
     store = SnapshotFile(tmp_path / "g.trackers.json")
     store.save({("camera.frames", 0): 10}, [(0, c) for c in proc.snapshot()])
     raw = store.path.read_bytes()
-    assert json.loads(raw)["cameras"][0]["paths"], "the edits below need a speed path"
+    assert json.loads(raw)["cameras"][0]["speeds"], "the edits below need a speed filter"
     for what, data in _corrupt(raw):
         store.path.write_bytes(data)
         caplog.clear()
