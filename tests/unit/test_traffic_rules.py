@@ -161,6 +161,28 @@ def test_wrong_way() -> None:
     assert wrong_way([straight(-2, -30, 3, -0.5, 4)], CAL) == []
 
 
+def test_wrong_way_on_a_track_that_turns_back() -> None:
+    # 30 m south against the lane, then (its id handed to a northbound car) 28 m north: the
+    # run's net displacement is 2 m, the stretch against the lane 30 m
+    there = [(k / 10, 5.0, -15.0 - 0.5 * k) for k in range(61)]
+    back = [(6.0 + k / 10, 5.0, -45.0 + 0.5 * k) for k in range(1, 57)]
+    got = wrong_way([path(there + back, cls=V.motorbike)], CAL)
+    assert len(got) == 1 and got[0].details["against_m"] == pytest.approx(30.0)
+    assert got[0].t == pytest.approx(T0 + 1.6)  # 8 m against the lane
+    # a stopped car whose position jitters by up to 1.5 m for a minute: no stretch of 8 m
+    rng = np.random.default_rng(4)
+    jitter = [(k / 10, 5.0 + rng.normal(0, 0.3), -20.0 + rng.normal(0, 0.6)) for k in range(600)]
+    assert wrong_way([path(jitter)], CAL) == []
+    # the right way, a 5 m reverse out of the box, the right way again: under 8 m against
+    fwd = [(k / 10, 5.0, -40.0 + 0.5 * k) for k in range(41)]
+    rev = [(4.0 + k / 10, 5.0, -20.0 - 0.25 * k) for k in range(1, 21)]
+    on = [(6.0 + k / 10, 5.0, -25.0 + 0.5 * k) for k in range(1, 21)]
+    assert wrong_way([path(fwd + rev + on)], CAL) == []
+    # a queue waiting at the light whose track id hops 6 m back to the car behind, twice
+    queue = [(k / 10, 5.0, -20.0 - 6.0 * ((k >= 20) + (k >= 40))) for k in range(80)]
+    assert wrong_way([path(queue)], CAL) == []
+
+
 # --- illegal stop --------------------------------------------------------------------------
 def test_illegal_stop() -> None:
     rng = np.random.default_rng(2)

@@ -1,8 +1,14 @@
-"""Wrong-way driving: inside a lane, net displacement against its direction.
+"""Wrong-way driving: inside a lane, a stretch driven against its direction.
 
-Within each run of consecutive points inside a lane, the displacement projected on the
-lane's direction must be <= -``min_distance_m`` and most steps must go against it; vehicles
-cutting across a lane (turning, changing lanes) move sideways and do not fire.
+Within each run of consecutive points inside a lane, the longest stretch over which the
+position along the lane's direction falls (from its highest point so far to the lowest
+after it) must reach ``min_distance_m``, and most steps of that stretch must go against the
+lane.  A track that turns back later still fires: a U-turn, or (seen in the simulator) a
+wrong-way rider whose track id the tracker handed to an oncoming vehicle where they met, so
+that the whole run's net displacement was 3 m.  Vehicles cutting across a lane (turning,
+changing lanes) move sideways, and a stopped vehicle's jitter has no majority of steps
+against the lane: neither fires; nor does a stretch with a step faster than
+``max_speed_mps`` (a track id jumping back to the vehicle behind in a queue).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from streams.traffic.tracks import TrackHistory
 class WrongWayParams:
     min_distance_m: float = 8.0
     min_against_share: float = 0.7
+    #: no step of the stretch faster than this: a track id handed back to the vehicle behind
+    #: in a queue jumps metres against the lane in one frame, a vehicle does not
+    max_speed_mps: float = 30.0
 
 
 def wrong_way(
@@ -41,13 +50,23 @@ def wrong_way(
                 if e - s < 3:
                     continue
                 along = np.diff(tr.xy[s:e], axis=0) @ lane.dir
-                net = float(along.sum())
-                moving = along[np.abs(along) > 1e-3]
+                at = np.concatenate([[0.0], np.cumsum(along)])  # at points s, s + 1, ...
+                drop = np.maximum.accumulate(at) - at
+                end = int(np.argmax(drop))
+                dist = float(drop[end])
+                if dist < params.min_distance_m:
+                    continue
+                top = int(np.argmax(at[: end + 1]))  # where the stretch against it starts
+                steps = along[top:end]
+                moving = steps[np.abs(steps) > 1e-3]
                 share = float(np.mean(moving < 0)) if len(moving) else 0.0
-                if net <= -params.min_distance_m and share >= params.min_against_share:
+                dt = np.diff(tr.t[s + top : s + end + 1])
+                fastest = float(np.max(np.abs(steps) / np.maximum(dt, 1e-6)))
+                if share >= params.min_against_share and fastest <= params.max_speed_mps:
                     # the moment the vehicle has gone min_distance against the lane
-                    k = s + 1 + int(np.flatnonzero(np.cumsum(along) <= -params.min_distance_m)[0])
-                    hit = (s, e, k, -net)
+                    gone = at[top : end + 1] <= at[top] - params.min_distance_m
+                    k = s + top + int(np.flatnonzero(gone)[0])
+                    hit = (s, e, k, dist)
                     break
             if hit is None:
                 continue
