@@ -46,7 +46,13 @@ class TrackerConfig:
     new_track_thresh: float = 0.6
     match_iou: float = 0.2
     low_match_iou: float = 0.5
-    unconfirmed_match_iou: float = 0.3
+    #: a new track's second detection, and a track younger than ``young_hits`` matches seen
+    #: last frame that no box overlaps: DIoU (IoU less the squared centre distance over the
+    #: squared diagonal of the enclosing box); a small vehicle fast near the camera moves
+    #: more than its own size per frame before its velocity is learnt (IoU 0).  Older tracks
+    #: (queued motorbikes side by side) match by IoU only: DIoU would hop them to a neighbour
+    unconfirmed_match_diou: float = -0.2
+    young_hits: int = 5
     track_buffer: int = 30
     min_hits: int = 2
 
@@ -234,13 +240,31 @@ def box_iou(a: FloatArray, b: FloatArray) -> FloatArray:
     return out
 
 
+def box_diou(a: FloatArray, b: FloatArray) -> FloatArray:
+    """Distance-IoU matrix (len(a), len(b)): IoU less the squared distance of the centres
+    over the squared diagonal of the smallest box enclosing both (-1 .. 1)."""
+    a = a.reshape(-1, 4)
+    b = b.reshape(-1, 4)
+    iou = box_iou(a, b)
+    if iou.size == 0:
+        return iou
+    ca, cb = (a[:, :2] + a[:, 2:]) / 2, (b[:, :2] + b[:, 2:]) / 2
+    d2 = ((ca[:, None, :] - cb[None, :, :]) ** 2).sum(axis=2)
+    lo = np.minimum(a[:, None, :2], b[None, :, :2])
+    hi = np.maximum(a[:, None, 2:], b[None, :, 2:])
+    c2 = ((hi - lo) ** 2).sum(axis=2)
+    out: FloatArray = iou - d2 / np.maximum(c2, 1e-12)
+    return out
+
+
 def _match(
-    tracks: list[_Track], boxes: FloatArray, min_iou: float
+    tracks: list[_Track], boxes: FloatArray, min_iou: float, *, diou: bool = False
 ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-    """Hungarian matching on 1 - IoU; pairs below ``min_iou`` are not matched."""
+    """Hungarian matching on 1 - IoU (``diou``: 1 - DIoU); pairs below ``min_iou`` are not
+    matched."""
     if not tracks or len(boxes) == 0:
         return [], list(range(len(tracks))), list(range(len(boxes)))
-    iou = box_iou(np.array([t.box for t in tracks]), boxes)
+    iou = (box_diou if diou else box_iou)(np.array([t.box for t in tracks]), boxes)
     rows, cols = linear_sum_assignment(1.0 - iou)
     pairs = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= min_iou]
     used_t = {r for r, _ in pairs}
@@ -342,12 +366,20 @@ class ByteTracker:
         pairs, um_t, um_d = _match(active, xyxy[high], cfg.match_iou)
         matched += [(active[i], int(high[j])) for i, j in pairs]
         rest_high = high[um_d]
+        # 1b. young tracks seen last frame that no box overlaps (moving more than their size
+        # per frame, their velocity not learnt yet) vs the remaining high detections, by DIoU
+        seen = [active[i] for i in um_t if active[i].state is _State.tracked]
+        young = [t for t in seen if t.hits < cfg.young_hits]
+        pairs1b, _, um_d1b = _match(young, xyxy[rest_high], cfg.unconfirmed_match_diou, diou=True)
+        matched += [(young[i], int(rest_high[j])) for i, j in pairs1b]
+        rest_high = rest_high[um_d1b]
         # 2. low detections vs the still unmatched tracks that were tracked last frame
-        remaining = [active[i] for i in um_t if active[i].state is _State.tracked]
+        taken = {id(young[i]) for i, _ in pairs1b}
+        remaining = [t for t in seen if id(t) not in taken]
         pairs2, _, _ = _match(remaining, xyxy[low], cfg.low_match_iou)
         matched += [(remaining[i], int(low[j])) for i, j in pairs2]
         # 3. tentative tracks vs remaining high detections
-        pairs3, _, um_d3 = _match(tentative, xyxy[rest_high], cfg.unconfirmed_match_iou)
+        pairs3, _, um_d3 = _match(tentative, xyxy[rest_high], cfg.unconfirmed_match_diou, diou=True)
         matched += [(tentative[i], int(rest_high[j])) for i, j in pairs3]
         rest_high = rest_high[um_d3]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streams.vision import ByteTracker, Detections, MultiCameraTracker, TrackerConfig
-from streams.vision.tracking import TrackerState, box_iou
+from streams.vision.tracking import TrackerState, box_diou, box_iou
 
 
 def dets(
@@ -45,6 +45,30 @@ def test_detections_validate_and_select() -> None:
 def test_iou() -> None:
     a = np.array([[0, 0, 10, 10]], dtype=float)
     assert box_iou(a, np.array([[5, 0, 15, 10]], dtype=float))[0, 0] == pytest.approx(1 / 3)
+
+
+def test_diou() -> None:
+    a = np.array([[0, 0, 10, 10]], dtype=float)
+    assert box_diou(a, a)[0, 0] == pytest.approx(1.0)
+    # touching side by side: IoU 0, centres 10 apart, enclosing box 20 x 10
+    assert box_diou(a, np.array([[10, 0, 20, 10]], dtype=float))[0, 0] == pytest.approx(-0.2)
+
+
+def test_a_small_fast_vehicle_is_confirmed() -> None:
+    # 16 x 26 px, 17 px/frame right and 14 down (a motorbike at 70 km/h near the camera):
+    # consecutive boxes do not overlap, so an IoU match never confirms a new track
+    tracker = ByteTracker()
+    ids = [
+        tracker.update(dets([box(100 + 17 * k, 100 + 14 * k, 16, 26)])).tracker_id.tolist()
+        for k in range(10)
+    ]
+    assert ids[1:] == [[1]] * 9
+    # two queued cars 40 px apart, seen alternately (the detector flickers): a new track
+    # never takes the other car's box
+    tracker = ByteTracker()
+    for k in range(10):
+        out = tracker.update(dets([box(100 + 40 * (k % 2), 100)]))
+        assert len(out) == 0, k
 
 
 def test_crossing_objects_keep_ids() -> None:

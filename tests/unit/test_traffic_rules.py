@@ -54,6 +54,19 @@ def test_red_light(amber_at: float, cls: V, fires: bool) -> None:
         assert 0.5 <= v.confidence <= 1.0
 
 
+def test_red_light_ignores_an_id_hopping_across_the_line() -> None:
+    # waiting 1.5 m before the line on red; the id then hops to a vehicle 8 m further on
+    # (340 km/h between two frames) which drives away: no vehicle crossed
+    hop = path(
+        [(k / 10, 5.0, -11.9) for k in range(30)]
+        + [(3.0 + k / 10, 5.0, -3.9 + 0.5 * k) for k in range(20)]
+    )
+    assert red_light([hop], CAL, cycle(-10)) == []
+    # the same crossing at a vehicle's pace fires
+    creep = path([(k / 10, 5.0, -11.9 + 0.5 * k) for k in range(40)])
+    assert len(red_light([creep], CAL, cycle(-10))) == 1
+
+
 def test_red_light_near_misses() -> None:
     red = cycle(-10)
     # stops 0.8 m past the line on red, waits, then goes when it turns green at 20 s

@@ -3,11 +3,13 @@
 Amber is the grace: crossing on amber is legal, and so is crossing within ``grace_s`` of red
 onset (clock skew between controller and camera).  A vehicle must also be ``commit_m`` past
 the line while still red: one that overshoots the line a little, waits, and goes on green
-is not a violation.
+is not a violation.  A crossing faster than ``max_crossing_kmh`` between two frames is a
+track glitch (its id hopped from a vehicle before the line to one past it), not a vehicle.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -26,6 +28,8 @@ class RedLightParams:
     grace_s: float = 0.3
     commit_m: float = 2.0
     confident_after_s: float = 2.0  # time into red at which the margin factor saturates
+    #: a crossing step faster than this is a track glitch (an id hopping between vehicles)
+    max_crossing_kmh: float = 150.0
 
 
 def red_light(
@@ -61,7 +65,9 @@ def red_light(
                 if signals.state_at(lane.signal_group, float(tr.t[k])) is not SignalState.red:
                     continue  # overshot on red, went on green
                 dt = float(tr.t[i + 1] - tr.t[i])
-                speed = float(np.linalg.norm(step) / dt * MPS_TO_KMH) if dt > 0 else 0.0
+                speed = float(np.linalg.norm(step) / dt * MPS_TO_KMH) if dt > 0 else math.inf
+                if speed > params.max_crossing_kmh:
+                    continue
                 pos = tr.xy[i] + f * step
                 out.append(
                     RuleViolation(
