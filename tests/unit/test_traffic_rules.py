@@ -62,6 +62,9 @@ def test_red_light_ignores_an_id_hopping_across_the_line() -> None:
         + [(3.0 + k / 10, 5.0, -3.9 + 0.5 * k) for k in range(20)]
     )
     assert red_light([hop], CAL, cycle(-10)) == []
+    # cross traffic 4 m past the line (43 km/h) whose ground point dips over it and back
+    dip = [(k / 10, -13.6 + 1.2 * k, -6.0 - max(0, 5 - abs(k - 15))) for k in range(30)]
+    assert red_light([path(dip)], CAL, cycle(-10)) == []
     # the same crossing at a vehicle's pace fires
     creep = path([(k / 10, 5.0, -11.9 + 0.5 * k) for k in range(40)])
     assert len(red_light([creep], CAL, cycle(-10))) == 1

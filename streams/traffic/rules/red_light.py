@@ -4,7 +4,10 @@ Amber is the grace: crossing on amber is legal, and so is crossing within ``grac
 onset (clock skew between controller and camera).  A vehicle must also be ``commit_m`` past
 the line while still red: one that overshoots the line a little, waits, and goes on green
 is not a violation.  A crossing faster than ``max_crossing_kmh`` between two frames is a
-track glitch (its id hopped from a vehicle before the line to one past it), not a vehicle.
+track glitch (its id hopped from a vehicle before the line to one past it), not a vehicle;
+and the vehicle must be driving along the lane (``max_heading_deg``): the ground point of a
+car crossing the junction in front of the line wobbles by a metre or two, over the line and
+back, as its box changes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ class RedLightParams:
     confident_after_s: float = 2.0  # time into red at which the margin factor saturates
     #: a crossing step faster than this is a track glitch (an id hopping between vehicles)
     max_crossing_kmh: float = 150.0
+    #: the vehicle drives along the lane: from ``heading_s`` before the crossing to the
+    #: commit point its heading is within ``max_heading_deg`` of the lane's direction
+    max_heading_deg: float = 45.0
+    heading_s: float = 0.5
 
 
 def red_light(
@@ -62,6 +69,12 @@ def red_light(
                 if len(beyond) == 0:
                     continue  # not seen far enough past the line
                 k = i + 1 + int(beyond[0])
+                j = min(i, int(np.searchsorted(tr.t, t_cross - params.heading_s)))
+                way = tr.xy[k] - tr.xy[j]
+                if float(way @ lane.dir) < math.cos(math.radians(params.max_heading_deg)) * float(
+                    np.linalg.norm(way)
+                ):
+                    continue  # cross traffic whose ground point wobbles over the line
                 if signals.state_at(lane.signal_group, float(tr.t[k])) is not SignalState.red:
                     continue  # overshot on red, went on green
                 dt = float(tr.t[i + 1] - tr.t[i])
