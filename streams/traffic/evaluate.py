@@ -310,6 +310,7 @@ def report(
         {k: v for k, v in db["lanes"].items() if k in watched},
     )
     errors = speed_errors(pairs, mapping)
+    on_vehicle = speed_errors(pairs, mapping, on_vehicle=True)
     total_true = sum(e.true for e in lanes)
     total_measured = sum(e.measured for e in lanes)
 
@@ -334,6 +335,8 @@ def report(
         ),
         "speed_mae_kmh": sum(errors) / len(errors) if errors else None,
         "speed_observations": len(errors),
+        "speed_mae_on_vehicle_kmh": sum(on_vehicle) / len(on_vehicle) if on_vehicle else None,
+        "speed_observations_off_vehicle": len(errors) - len(on_vehicle),
         "tracks_associated": len(mapping),
         "frames_scored": len(pairs),
         "aims": AIMS,
@@ -369,6 +372,12 @@ def print_report(rep: dict[str, Any]) -> None:
         f"{rep['speed_observations']} observations of {rep['tracks_associated']} tracks "
         f"(aim <= 3 km/h)"
     )
+    if mae is not None and rep.get("speed_mae_on_vehicle_kmh") is not None:
+        print(
+            f"  of which on the vehicle under the box: {rep['speed_mae_on_vehicle_kmh']:.2f} km/h; "
+            f"{rep['speed_observations_off_vehicle']} observations were of a track that had "
+            "moved off its vehicle (a tracking error)"
+        )
     if "violations_stored" in rep:
         print(
             f"evidence: {rep['evidence_verified']} of {rep['violations_stored']} stored "

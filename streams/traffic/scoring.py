@@ -8,7 +8,9 @@
 * counts: vehicles per lane over the run, measured vs true -> relative error per lane;
 * speed: detected tracks are associated with true vehicles by box overlap frame by frame
   (a detected track belongs to the true vehicle it overlaps most often), then the absolute
-  speed error is averaged over every associated observation that carries a speed.
+  speed error is averaged over every associated observation that carries a speed; split
+  too into observations on that vehicle (the box overlaps it in that frame: a measuring
+  error) and off it (the track had moved to another vehicle: a tracking error).
 """
 
 from __future__ import annotations
@@ -140,16 +142,30 @@ def speed_errors(
     frames: Iterable[tuple[Sequence[Box], Sequence[Box]]],
     mapping: Mapping[int, int],
     min_true_kmh: float = 5.0,
+    on_vehicle: bool | None = None,
+    min_iou: float = 0.3,
 ) -> list[float]:
     """|detected - true| km/h for every detected observation with a speed whose track maps to
     a true vehicle visible in the same frame moving at least ``min_true_kmh`` (the speed of a
-    vehicle at rest is not what a speed check measures)."""
+    vehicle at rest is not what a speed check measures).
+
+    ``on_vehicle`` True keeps only observations whose box overlaps that vehicle's box in
+    the frame (IoU >= ``min_iou``): the error of measuring the vehicle under the box; False
+    only the others, where the track had moved to another vehicle or to nothing (a tracking
+    error, not a measuring one); None keeps both."""
     errors = []
     for truth, det in frames:
-        true_speed = {t.track_id: t.speed_kmh for t in truth}
+        true_box = {t.track_id: t for t in truth}
         for d in det:
             tid = mapping.get(d.track_id)
-            ts = true_speed.get(tid) if tid is not None else None
-            if d.speed_kmh is not None and ts is not None and ts >= min_true_kmh:
-                errors.append(abs(d.speed_kmh - ts))
+            t = true_box.get(tid) if tid is not None else None
+            if d.speed_kmh is None or t is None or t.speed_kmh is None:
+                continue
+            if t.speed_kmh < min_true_kmh:
+                continue
+            if on_vehicle is not None:
+                iou = box_iou(np.array([d.xyxy], dtype=np.float64), np.array([t.xyxy]))[0, 0]
+                if (iou >= min_iou) != on_vehicle:
+                    continue
+            errors.append(abs(d.speed_kmh - t.speed_kmh))
     return errors

@@ -17,7 +17,9 @@ The Kafka-free core of the vision worker (:mod:`streams.vision.stage` feeds it):
   get none.  While the watchdog reports the view *shifted*, no ground positions are sent:
   the homography no longer holds, and rules must not judge with it;
 * ``speed_kmh``: a Kalman filter over the track's ground positions
-  (:mod:`streams.vision.speed`), once it has run ``SpeedConfig.min_age_s``;
+  (:mod:`streams.vision.speed`), once it has run ``SpeedConfig.min_age_s``; each position
+  weighs by the ground metres a pixel spans there (:func:`pixel_spans`), and a box cut off
+  by the frame's edge does not move the filter (its bottom edge is not the ground contact);
 * one health sample per camera every ``HealthConfig.sample_every_s`` of event time.
 """
 
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 _ID_BLOCK = 10_000  # ids per second of tracker creation time
 _ID_PERIOD_S = 200_000  # creation times wrap after ~2.3 days (bases stay below 2e9)
 _MAX_GROUND_M = 10_000.0
+_EDGE_PX = 2.0  # a box this close to the frame's edge is cut off by it
 
 
 class ReferenceStore(Protocol):
@@ -124,6 +127,21 @@ def ground_positions(
         else:
             out.append((round(float(gx), 3), round(float(gy), 3)))
     return out
+
+
+def pixel_spans(cal: Calibration, frame_w: int, frame_h: int, points_px: FloatArray) -> FloatArray:
+    """Ground metres that one pixel of a ``frame_w`` x ``frame_h`` frame spans at each image
+    point (N, 2): the longer of a step right and a step down (``_MAX_GROUND_M`` at or beyond
+    the horizon)."""
+    pts = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        return np.zeros(0)
+    sx, sy = cal.image_size[0] / frame_w, cal.image_size[1] / frame_h
+    base = pts * [sx, sy]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g0, gu, gv = (cal.view.to_ground(base + step) for step in ([0, 0], [sx, 0], [0, sy]))
+        span = np.maximum(np.hypot(*(gu - g0).T), np.hypot(*(gv - g0).T))
+    return np.where(np.isfinite(span), span, _MAX_GROUND_M)
 
 
 def reduced_gray_flag(width: int) -> int:
@@ -366,8 +384,13 @@ class VisionProcessor:
         cal = cam.info.calibration
         if cal is not None and not cam.watchdog.shifted:
             ground = ground_positions(cal, width, height, tracked.bottom_center)
+            spans = pixel_spans(cal, width, height, tracked.bottom_center)
         else:
             ground = [None] * len(tracked)
+            spans = np.full(len(tracked), _MAX_GROUND_M)
+        # a box cut off by the frame's edge has no ground contact in view: no speed update
+        x1s, x2s, y2s = tracked.xyxy[:, 0], tracked.xyxy[:, 2], tracked.xyxy[:, 3]
+        clipped = (x1s <= _EDGE_PX) | (x2s >= width - _EDGE_PX) | (y2s >= height - _EDGE_PX)
         out = []
         for k in range(len(tracked)):
             cid = int(tracked.class_id[k])
@@ -382,21 +405,30 @@ class VisionProcessor:
                     confidence=round(min(max(float(tracked.confidence[k]), 0.0), 1.0), 4),
                     bbox=BBox(x1=x1, y1=y1, x2=x2, y2=y2),
                     ground_xy=ground[k],
-                    speed_kmh=self._speed(cam, tid, t, ground[k]),
+                    speed_kmh=self._speed(
+                        cam, tid, t, ground[k], float(spans[k]), bool(clipped[k])
+                    ),
                 )
             )
         return out
 
     def _speed(
-        self, cam: _Camera, tid: int, t: float, xy: tuple[float, float] | None
+        self,
+        cam: _Camera,
+        tid: int,
+        t: float,
+        xy: tuple[float, float] | None,
+        span_m: float,
+        clipped: bool,
     ) -> float | None:
         if xy is None:
             return None
+        noise = self.speed.noise_m(span_m)
         f = cam.speeds.get(tid)
         if f is None:
-            f = cam.speeds[tid] = SpeedFilter(self.speed, t, *xy)
+            f = cam.speeds[tid] = SpeedFilter(self.speed, t, *xy, noise_m=noise)
             return f.speed_kmh
-        return f.update(t, *xy)
+        return f.speed_kmh if clipped else f.update(t, *xy, noise_m=noise)
 
     def _save_reference(self, cam: _Camera) -> None:
         ref = cam.watchdog.reference

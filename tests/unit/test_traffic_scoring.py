@@ -61,6 +61,9 @@ def test_tracks_are_associated_by_overlap_votes_and_speed_errors_use_them() -> N
     errors = speed_errors(frames, mapping)
     # frame 5's box is wrong but still belongs to track 1 (99 vs 40); vehicle 8 is at rest
     assert sorted(errors) == [3.0] * 8 + [59.0]
+    # split: measured on the vehicle, and off it (frame 5's box overlaps nothing)
+    assert sorted(speed_errors(frames, mapping, on_vehicle=True)) == [3.0] * 8
+    assert speed_errors(frames, mapping, on_vehicle=False) == [59.0]
 
 
 def test_the_same_vehicle_matches_whenever_the_rule_dated_it() -> None:
