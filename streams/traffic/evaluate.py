@@ -12,7 +12,11 @@ scored against the simulator's ground truth.
    in TimescaleDB (violations, lane counts) and on ``traffic.tracks`` (for speeds);
 5. scores: precision and recall per violation type (a detection matches a true violation of
    the same type within ``--tolerance`` s), count error per lane over the run, and the speed
-   MAE of detected tracks associated with true vehicles by box overlap.
+   MAE of detected tracks associated with true vehicles by box overlap;
+6. measures the latency from frame to violation row: one watcher tails ``camera.frames``
+   and notes when each frame arrived, another polls the DB every 0.2 s and notes when each
+   violation row became visible; a violation is measured from the last frame its evidence
+   bundle holds (the worker cannot write the row before that frame has arrived).
 
 The pure scoring lives in :mod:`streams.traffic.scoring`; this module only orchestrates.
 """
@@ -20,18 +24,23 @@ The pure scoring lives in :mod:`streams.traffic.scoring`; this module only orche
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import logging
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from citystream.settings import Settings
 from citystream.stack.private import child_env, private_settings
@@ -178,6 +187,90 @@ class Pipeline:
                 proc.wait()
 
 
+class ViolationWatch(threading.Thread):
+    """Polls the DB for the violation rows of one intersection; ``seen``: violation id ->
+    the wall-clock time its row was first visible (epoch s)."""
+
+    def __init__(self, dsn: str, intersection_id: str, every_s: float = 0.2) -> None:
+        super().__init__(name="violation-watch", daemon=True)
+        self.dsn, self.intersection_id, self.every_s = dsn, intersection_id, every_s
+        self.seen: dict[str, float] = {}
+        self.errors = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        import psycopg
+
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop_event.wait(self.every_s):
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+                rows = conn.execute(
+                    "SELECT violation_id FROM violations WHERE intersection_id = %s",
+                    (self.intersection_id,),
+                ).fetchall()
+            except psycopg.Error as exc:
+                self.errors += 1
+                log.warning("violation watch: %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                continue
+            now = time.time()
+            for (vid,) in rows:
+                self.seen.setdefault(vid, now)
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+class FrameWatch(threading.Thread):
+    """Tails ``camera.frames``; ``arrived``: a frame's event time (epoch s, to the ms) -> the
+    wall-clock time this consumer received it, i.e. when the pipeline could first read it."""
+
+    def __init__(self, bootstrap: str, camera_id: str) -> None:
+        super().__init__(name="frame-watch", daemon=True)
+        self.bootstrap, self.camera_id = bootstrap, camera_id
+        self.arrived: dict[float, float] = {}
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        from schemas.codecs import Frame
+        from schemas.topics import TOPICS
+
+        topic = TOPICS["camera.frames"]
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+        )
+        try:
+            tps = [TopicPartition(topic.name, p) for p in consumer.partitions_for_topic(topic.name)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            while not self._stop_event.is_set():
+                for msgs in consumer.poll(timeout_ms=100).values():
+                    now = time.time()
+                    for m in msgs:
+                        frame = topic.codec.decode(m.value)
+                        assert isinstance(frame, Frame)
+                        if frame.header.camera_id == self.camera_id:
+                            t = round(frame.header.captured_at.timestamp(), 3)
+                            self.arrived.setdefault(t, now)
+        except Exception:  # the report then has no latency; say why
+            log.exception("frame watch failed")
+        finally:
+            consumer.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
 # --- reading results -------------------------------------------------------------------------
 
 
@@ -258,6 +351,31 @@ def read_tracks(
     return out
 
 
+def last_evidence_frame(bundle: Path) -> float | None:
+    """The event time of the last frame in an evidence bundle (None: unreadable bundle)."""
+    try:
+        with zipfile.ZipFile(bundle) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    times = manifest["frame_times"]
+    return float(max([*times["before"], *times["after"], manifest["t"]]))
+
+
+def violation_latencies(
+    seen: dict[str, float], last_frame: dict[str, float], arrived: dict[float, float]
+) -> list[float]:
+    """Seconds from the arrival of each violation's last evidence frame on Kafka to its row
+    being seen in the DB, for the violations with all three known."""
+    times = sorted(arrived)
+    out = []
+    for vid, t in last_frame.items():
+        i = bisect.bisect_left(times, t - 0.005)  # the frame at t, to 5 ms
+        if vid in seen and i < len(times) and abs(times[i] - t) <= 0.005:
+            out.append(seen[vid] - arrived[times[i]])
+    return sorted(out)
+
+
 def read_db(settings: Settings, intersection_id: str) -> dict[str, Any]:
     import psycopg
 
@@ -275,6 +393,7 @@ def read_db(settings: Settings, intersection_id: str) -> dict[str, Any]:
     return {
         "violations": [Event(k, t.timestamp(), vid, tid) for k, t, vid, _, _, tid in violations],
         "evidence": [(uri, sha) for _, _, _, uri, sha, _ in violations],
+        "evidence_of": {vid: uri for _, _, vid, uri, _, _ in violations},
         "lanes": {lane: n for lane, n in lanes},
     }
 
@@ -383,6 +502,13 @@ def print_report(rep: dict[str, Any]) -> None:
             f"evidence: {rep['evidence_verified']} of {rep['violations_stored']} stored "
             "violations have a bundle whose SHA-256 matches the DB row"
         )
+    lat = rep.get("violation_latency_s")
+    if lat and lat["n"]:
+        print(
+            f"frame -> violation row: p50 {lat['p50']:.2f} s, p99 {lat['p99']:.2f} s, "
+            f"max {lat['max']:.2f} s over {lat['n']} violations (from the arrival on Kafka of "
+            "the last frame in each evidence bundle to the row visible in the DB)"
+        )
     if rep.get("run"):
         r = rep["run"]
         print(
@@ -411,11 +537,17 @@ def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[st
         if not args.json:
             print(msg, file=sys.stderr, flush=True)
 
+    watch: ViolationWatch | None = None
+    frames: FrameWatch | None = None
     up(settings, progress=lambda msg: progress(f"[stack] {msg}"))
     pipeline = Pipeline(settings, workdir / "logs")
     try:
         ensure_topics(settings.kafka.bootstrap)
         migrate(settings.db.dsn)
+        frames = FrameWatch(settings.kafka.bootstrap, camera)
+        frames.start()
+        watch = ViolationWatch(settings.db.dsn, inter)
+        watch.start()
         pipeline.start()
         sim_args = [
             "sim",
@@ -458,10 +590,15 @@ def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[st
         time.sleep(10.0)
         wait_for_drain(settings.kafka.bootstrap, groups, timeout_s=120.0, settle_s=5.0)
         pipeline.check()
+        watch.stop()  # every row is in: the drain waited for the sink
+        frames.stop()
         truth = read_truth(truth_file)
         db = read_db(settings, inter)
         tracks = read_tracks(settings, camera, workdir / "tracks.jsonl" if args.keep else None)
     finally:
+        for thread in (watch, frames):
+            if thread is not None:
+                thread.stop()
         pipeline.stop()
         down(settings)
     start = _ts(truth["meta"]["start"]) if "start" in truth["meta"] else 0.0
@@ -479,6 +616,18 @@ def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[st
     root = settings.traffic.evidence_dir or settings.state_dir / "evidence"
     rep["evidence_verified"] = sum(verify_bundle(root / uri, sha) for uri, sha in db["evidence"])
     rep["violations_stored"] = len(db["evidence"])
+    last_frames = {
+        vid: t
+        for vid, uri in db["evidence_of"].items()
+        if (t := last_evidence_frame(root / uri)) is not None
+    }
+    lat = violation_latencies(watch.seen, last_frames, frames.arrived)
+    rep["violation_latency_s"] = {
+        "n": len(lat),
+        "p50": round(float(np.percentile(lat, 50)), 3) if lat else None,
+        "p99": round(float(np.percentile(lat, 99)), 3) if lat else None,
+        "max": round(lat[-1], 3) if lat else None,
+    }
     rep["run"] = {
         "scenario": args.scenario,
         "seed": args.seed,

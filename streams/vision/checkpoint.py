@@ -14,12 +14,12 @@
 * The watchdog's reference views (:class:`FileReferenceStore`): the latest per camera and
   calibration version, and the one before (a snapshot may still refer to it).
 
-Snapshot format: JSON, ``{"v": 2, "kind": KIND, "written_at", "offsets": [[topic,
+Snapshot format: JSON, ``{"v": 3, "kind": KIND, "written_at", "offsets": [[topic,
 partition, offset]], "cameras": [...]}``; the float arrays of a tracker (means, covariances,
-boxes) and the speed filters are base64 of little-endian float64, exact and about half the
-size of decimal text.  The size is bounded by the live tracks, not by time: about 1.1 KB per
-track, a few hundred bytes per camera.  (Version 1 kept speed paths; such a snapshot is
-refused like any unknown one.)
+boxes, appearance descriptors) and the speed filters are base64 of little-endian float64,
+exact and about half the size of decimal text.  The size is bounded by the live tracks, not
+by time: about 1.2 KB per track, a few hundred bytes per camera.  (Version 1 kept speed
+paths, version 2 no appearance; such a snapshot is refused like any unknown one.)
 
 :meth:`SnapshotFile.load` returns None for a missing file and, after logging an error, for
 an unreadable, corrupt or unknown one: the worker then starts without it (its new trackers
@@ -49,7 +49,7 @@ from streams.vision.tracking import TrackerState
 
 log = logging.getLogger(__name__)
 KIND = "citystream.vision.trackers"
-VERSION = 2
+VERSION = 3  # 3: trackers keep their appearance descriptors
 
 Offsets = dict[tuple[str, int], int]  # (topic, partition) -> next offset to consume
 INT32_MAX = 2_147_483_647  # track ids (with their base) fit the DB's integer column
@@ -181,6 +181,8 @@ def encode_tracker(st: TrackerState) -> dict[str, Any]:
         "covariances": _pack(st.covariances),
         "boxes": _pack(st.last_boxes),
         "votes": [[[c, v] for c, v in votes] for votes in st.class_votes],
+        "appearance_dim": int(st.appearances.shape[1]),
+        "appearances": _pack(st.appearances),
     }
 
 
@@ -201,6 +203,9 @@ def decode_tracker(d: Mapping[str, Any]) -> TrackerState:
         last_boxes=_unpack(d["boxes"], (n, 4)),
         class_votes=tuple(
             tuple((int(c), float(v)) for c, v in votes) for votes in _list(d["votes"])
+        ),
+        appearances=_unpack(
+            d["appearances"], (n, dim) if (dim := int(d["appearance_dim"])) else (0, 0)
         ),
     )
 

@@ -20,14 +20,18 @@ def _empty_ids() -> IntArray:
 class Detections:
     """Boxes of one frame: ``xyxy`` (N, 4) pixels, ``confidence`` (N,), ``class_id`` (N,).
 
-    ``tracker_id`` (N,) is filled by the tracker (``-1`` = untracked).  Arrays are copied
-    and made read-only, so a ``Detections`` can be shared between threads safely.
+    ``tracker_id`` (N,) is filled by the tracker (``-1`` = untracked).  ``appearance``
+    (N, D), optional: a small descriptor of each box's look (the detector's: the mean colour,
+    0..1, of a 2 x 2 grid over the box's inner part), which the tracker uses to tell
+    neighbouring vehicles apart.  Arrays are copied and made read-only, so a
+    ``Detections`` can be shared between threads safely.
     """
 
     xyxy: FloatArray
     confidence: FloatArray
     class_id: IntArray
     tracker_id: IntArray = field(default_factory=_empty_ids)
+    appearance: FloatArray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float64).reshape(-1, 4)
@@ -44,6 +48,15 @@ class Detections:
             )
         if n and not np.isfinite(xyxy).all():
             raise ValueError("Detections.xyxy holds NaN or infinity")
+        if self.appearance is not None:
+            app = np.asarray(self.appearance, dtype=np.float64)
+            if app.ndim != 2 or len(app) != n or not np.isfinite(app).all():
+                raise ValueError(
+                    f"Detections.appearance must be ({n}, D) finite floats, got {app.shape}"
+                )
+            app = app.copy()
+            app.setflags(write=False)
+            object.__setattr__(self, "appearance", app)
         for name, arr in (
             ("xyxy", xyxy),
             ("confidence", conf),
@@ -63,11 +76,13 @@ class Detections:
 
     def __getitem__(self, index: Any) -> Detections:
         """Select rows by boolean mask, index array or slice."""
+        app = self.appearance
         return Detections(
             self.xyxy[index].reshape(-1, 4),
             np.atleast_1d(self.confidence[index]),
             np.atleast_1d(self.class_id[index]),
             np.atleast_1d(self.tracker_id[index]),
+            None if app is None else app[index].reshape(-1, app.shape[1]),
         )
 
     @property

@@ -11,6 +11,16 @@ Per frame (:meth:`ByteTracker.update`):
 5. remaining high detections start new tracks; tracks unmatched for more than
    ``track_buffer`` frames are dropped.
 
+When the detector gives each box an appearance descriptor (:class:`Detections`
+``appearance``: the YOLO backend's mean colours of a 2 x 2 grid over the box), every stage
+adds the distance of a track's descriptor (a running mean of its boxes') to a box's to the
+matching cost and never matches a pair farther apart than ``appearance_gate``.  Overlap
+alone cannot tell queued or waiting motorbikes apart, nor a vehicle that leaves unseen from
+the next one stopping in its place: on the default scenario (300 s, the shipped model,
+offline over the same detections), observations of a track that had moved off its vehicle
+fell from 702 to 214 (seed 1) and 867 to 260 (seed 2), speed MAE from 3.34 to 2.75 km/h and
+3.23 to 2.69, lane counts unchanged.
+
 A track gets its id when it is confirmed (``min_hits`` matches), from a counter owned by the
 tracker instance: ids of one camera never depend on any other camera or on batching.
 The class of a track is the confidence-weighted vote over its detections, so a box that the
@@ -55,12 +65,23 @@ class TrackerConfig:
     young_hits: int = 5
     track_buffer: int = 30
     min_hits: int = 2
+    #: with the detector's appearance descriptors: a pair's matching cost is 1 - IoU plus
+    #: ``appearance_weight`` times their distance (the mean absolute difference of the
+    #: descriptors, 0..1), and a pair farther apart than ``appearance_gate`` never matches;
+    #: a track's descriptor follows its boxes' (``appearance_momentum``: the old one's share)
+    appearance_weight: float = 1.0
+    appearance_gate: float = 0.2
+    appearance_momentum: float = 0.95
 
     def __post_init__(self) -> None:
         if not 0 <= self.low_thresh <= self.high_thresh <= 1:
             raise ValueError("TrackerConfig needs 0 <= low_thresh <= high_thresh <= 1")
         if self.track_buffer < 0 or self.min_hits < 1:
             raise ValueError("TrackerConfig needs track_buffer >= 0 and min_hits >= 1")
+        if self.appearance_weight < 0 or self.appearance_gate <= 0:
+            raise ValueError("TrackerConfig needs appearance_weight >= 0, appearance_gate > 0")
+        if not 0 <= self.appearance_momentum < 1:
+            raise ValueError("TrackerConfig needs 0 <= appearance_momentum < 1")
 
 
 class _State(Enum):
@@ -97,9 +118,12 @@ class _Track:
     hits: int = 1
     missed: int = 0
     last_box: FloatArray = field(default_factory=lambda: np.zeros(4))
+    appearance: FloatArray | None = None
 
     @classmethod
-    def start(cls, box: FloatArray, conf: float, class_id: int) -> _Track:
+    def start(
+        cls, box: FloatArray, conf: float, class_id: int, appearance: FloatArray | None
+    ) -> _Track:
         z = _xyxy_to_cxcywh(box)
         w, h = z[2], z[3]
         std = np.array(
@@ -115,7 +139,10 @@ class _Track:
             ]
         )
         mean = np.concatenate([z, np.zeros(4)])
-        return cls(mean, np.diag(std**2), {class_id: conf}, conf, last_box=box.copy())
+        app = None if appearance is None else appearance.copy()
+        return cls(
+            mean, np.diag(std**2), {class_id: conf}, conf, last_box=box.copy(), appearance=app
+        )
 
     def predict(self) -> None:
         w, h = max(self.mean[2], 1.0), max(self.mean[3], 1.0)
@@ -136,7 +163,19 @@ class _Track:
         self.mean = _F @ self.mean
         self.cov = _F @ self.cov @ _F.T + np.diag(std**2)
 
-    def update(self, box: FloatArray, conf: float, class_id: int) -> None:
+    def update(
+        self,
+        box: FloatArray,
+        conf: float,
+        class_id: int,
+        appearance: FloatArray | None,
+        momentum: float,
+    ) -> None:
+        if appearance is not None:
+            if self.appearance is None or self.appearance.shape != appearance.shape:
+                self.appearance = appearance.copy()
+            else:
+                self.appearance = momentum * self.appearance + (1 - momentum) * appearance
         z = _xyxy_to_cxcywh(box)
         w, h = max(self.mean[2], 1.0), max(self.mean[3], 1.0)
         r = np.diag(np.array([_STD_POS * w, _STD_POS * h, _STD_POS * w, _STD_POS * h]) ** 2)
@@ -168,8 +207,9 @@ class TrackerState:
     ``track_ids`` are -1 for tracks not yet confirmed; ``states`` hold ``0`` tentative,
     ``1`` tracked, ``2`` lost; ``means`` (N, 8) and ``covariances`` (N, 8, 8) are the Kalman
     filters over (cx, cy, w, h) and their velocities; ``last_boxes`` (N, 4) the last matched
-    detection; ``class_votes`` the confidence sums per class id.  Exact: floats are kept as
-    they are, so a restored tracker produces bit-identical results.
+    detection; ``class_votes`` the confidence sums per class id; ``appearances`` (N, D) the
+    tracks' appearance descriptors (a row of NaN: none; D is 0 when no track has one).
+    Exact: floats are kept as they are, so a restored tracker produces bit-identical results.
     """
 
     next_id: int
@@ -183,6 +223,7 @@ class TrackerState:
     covariances: FloatArray
     last_boxes: FloatArray
     class_votes: tuple[tuple[tuple[int, float], ...], ...]
+    appearances: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
 
     def __post_init__(self) -> None:
         """Validate (a snapshot is read from disk: anything may be in it); raises ValueError."""
@@ -201,6 +242,11 @@ class TrackerState:
         floats = (self.confidence, self.means, self.covariances, self.last_boxes)
         if n and not all(np.isfinite(a).all() for a in floats):
             raise ValueError("TrackerState holds NaN or infinity")
+        app = np.asarray(self.appearances, dtype=np.float64)
+        if app.ndim != 2 or (app.shape != (0, 0) and len(app) != n):
+            raise ValueError(f"TrackerState.appearances: shape {app.shape}, expected ({n}, D)")
+        if app.size and not (np.isfinite(app).all(axis=1) | np.isnan(app).all(axis=1)).all():
+            raise ValueError("TrackerState.appearances: a row is neither finite nor all NaN")
         if self.next_id < 1 or self.frame_count < 0:
             raise ValueError("TrackerState needs next_id >= 1 and frame_count >= 0")
         if n and not np.isin(self.states, [s.value for s in _State]).all():
@@ -257,16 +303,60 @@ def box_diou(a: FloatArray, b: FloatArray) -> FloatArray:
     return out
 
 
+def _appearance_rows(tracks: list[_Track]) -> FloatArray:
+    dims = {t.appearance.shape[0] for t in tracks if t.appearance is not None}
+    if not dims:
+        return np.zeros((0, 0))
+    d = max(dims)
+    rows = np.full((len(tracks), d), np.nan)
+    for i, t in enumerate(tracks):
+        if t.appearance is not None and t.appearance.shape[0] == d:
+            rows[i] = t.appearance
+    return rows
+
+
+def _row_or_none(rows: FloatArray, i: int) -> FloatArray | None:
+    if rows.size == 0 or np.isnan(rows[i]).all():
+        return None
+    return np.array(rows[i], dtype=np.float64)
+
+
+def appearance_distance(tracks: FloatArray, boxes: FloatArray) -> FloatArray:
+    """(T, B) mean absolute difference of appearance descriptors; NaN rows (unknown) give
+    NaN."""
+    out: FloatArray = np.abs(tracks[:, None, :] - boxes[None, :, :]).mean(axis=2)
+    return out
+
+
 def _match(
-    tracks: list[_Track], boxes: FloatArray, min_iou: float, *, diou: bool = False
+    tracks: list[_Track],
+    boxes: FloatArray,
+    min_iou: float,
+    *,
+    diou: bool = False,
+    appearance: FloatArray | None = None,
+    config: TrackerConfig | None = None,
 ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-    """Hungarian matching on 1 - IoU (``diou``: 1 - DIoU); pairs below ``min_iou`` are not
-    matched."""
+    """Hungarian matching on 1 - IoU (``diou``: 1 - DIoU), plus the appearance term when
+    the boxes' ``appearance`` is given; pairs below ``min_iou``, or beyond the appearance
+    gate, are not matched."""
     if not tracks or len(boxes) == 0:
         return [], list(range(len(tracks))), list(range(len(boxes)))
     iou = (box_diou if diou else box_iou)(np.array([t.box for t in tracks]), boxes)
-    rows, cols = linear_sum_assignment(1.0 - iou)
-    pairs = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= min_iou]
+    cost = 1.0 - iou
+    allowed = iou >= min_iou
+    if appearance is not None and config is not None and len(appearance):
+        d = appearance.shape[1]
+        known = np.array([t.appearance is not None and t.appearance.shape[0] == d for t in tracks])
+        if known.any():
+            rows = np.array(
+                [t.appearance if k else np.zeros(d) for t, k in zip(tracks, known, strict=True)]
+            )
+            dist = np.where(known[:, None], appearance_distance(rows, appearance), 0.0)
+            cost = cost + config.appearance_weight * dist
+            allowed &= dist <= config.appearance_gate
+    rows_i, cols = linear_sum_assignment(np.where(allowed, cost, cost + 1e3))
+    pairs = [(int(r), int(c)) for r, c in zip(rows_i, cols, strict=True) if allowed[r, c]]
     used_t = {r for r, _ in pairs}
     used_d = {c for _, c in pairs}
     return (
@@ -319,6 +409,7 @@ class ByteTracker:
             covariances=np.array([t.cov for t in ts], dtype=np.float64).reshape(-1, 8, 8),
             last_boxes=np.array([t.last_box for t in ts], dtype=np.float64).reshape(-1, 4),
             class_votes=tuple(tuple(t.class_votes.items()) for t in ts),
+            appearances=_appearance_rows(ts),
         )
 
     @classmethod
@@ -338,6 +429,7 @@ class ByteTracker:
                 hits=int(state.hits[i]),
                 missed=int(state.missed[i]),
                 last_box=np.array(state.last_boxes[i], dtype=np.float64),
+                appearance=_row_or_none(state.appearances, i),
             )
             for i in range(len(state))
         ]
@@ -355,6 +447,15 @@ class ByteTracker:
         high = np.flatnonzero(conf >= cfg.high_thresh)
         low = np.flatnonzero((conf >= cfg.low_thresh) & (conf < cfg.high_thresh))
         xyxy = detections.xyxy
+        app = detections.appearance
+
+        def look(idx: IntArray) -> FloatArray | None:
+            return None if app is None else app[idx]
+
+        def match(
+            tracks: list[_Track], idx: IntArray, min_iou: float, diou: bool = False
+        ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+            return _match(tracks, xyxy[idx], min_iou, diou=diou, appearance=look(idx), config=cfg)
 
         for t in self._tracks:
             t.predict()
@@ -363,29 +464,35 @@ class ByteTracker:
         matched: list[tuple[_Track, int]] = []
 
         # 1. high detections vs tracked + lost
-        pairs, um_t, um_d = _match(active, xyxy[high], cfg.match_iou)
+        pairs, um_t, um_d = match(active, high, cfg.match_iou)
         matched += [(active[i], int(high[j])) for i, j in pairs]
         rest_high = high[um_d]
         # 1b. young tracks seen last frame that no box overlaps (moving more than their size
         # per frame, their velocity not learnt yet) vs the remaining high detections, by DIoU
         seen = [active[i] for i in um_t if active[i].state is _State.tracked]
         young = [t for t in seen if t.hits < cfg.young_hits]
-        pairs1b, _, um_d1b = _match(young, xyxy[rest_high], cfg.unconfirmed_match_diou, diou=True)
+        pairs1b, _, um_d1b = match(young, rest_high, cfg.unconfirmed_match_diou, diou=True)
         matched += [(young[i], int(rest_high[j])) for i, j in pairs1b]
         rest_high = rest_high[um_d1b]
         # 2. low detections vs the still unmatched tracks that were tracked last frame
         taken = {id(young[i]) for i, _ in pairs1b}
         remaining = [t for t in seen if id(t) not in taken]
-        pairs2, _, _ = _match(remaining, xyxy[low], cfg.low_match_iou)
+        pairs2, _, _ = match(remaining, low, cfg.low_match_iou)
         matched += [(remaining[i], int(low[j])) for i, j in pairs2]
         # 3. tentative tracks vs remaining high detections
-        pairs3, _, um_d3 = _match(tentative, xyxy[rest_high], cfg.unconfirmed_match_diou, diou=True)
+        pairs3, _, um_d3 = match(tentative, rest_high, cfg.unconfirmed_match_diou, diou=True)
         matched += [(tentative[i], int(rest_high[j])) for i, j in pairs3]
         rest_high = rest_high[um_d3]
 
         matched_ids = {id(t) for t, _ in matched}
         for t, j in matched:
-            t.update(xyxy[j], float(conf[j]), int(detections.class_id[j]))
+            t.update(
+                xyxy[j],
+                float(conf[j]),
+                int(detections.class_id[j]),
+                None if app is None else app[j],
+                cfg.appearance_momentum,
+            )
             if t.state is _State.lost or (t.state is _State.tentative and t.hits >= cfg.min_hits):
                 if t.track_id < 0:
                     t.track_id = self._next_id
@@ -404,7 +511,12 @@ class ByteTracker:
         # 5. new tracks
         for j in rest_high:
             if conf[j] >= cfg.new_track_thresh:
-                t = _Track.start(xyxy[j], float(conf[j]), int(detections.class_id[j]))
+                t = _Track.start(
+                    xyxy[j],
+                    float(conf[j]),
+                    int(detections.class_id[j]),
+                    None if app is None else app[j],
+                )
                 if cfg.min_hits <= 1:
                     t.state = _State.tracked
                     t.track_id = self._next_id

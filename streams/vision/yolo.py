@@ -12,7 +12,10 @@ One pipeline of torch operations per batch, the same on every device:
 4. Vectorised NMS over the whole batch: best class per anchor, confidence filter, one
    ``torchvision.ops.nms`` call with boxes offset by (frame, class), at most ``max_det`` per
    frame.
-5. Boxes scaled back to the original pixels, copied to the host once, and turned into one
+5. Appearance: the mean colour of a 2 x 2 grid over each kept box's inner part
+   (:func:`box_appearance`, one ``torchvision.ops.roi_align`` call over the letterboxed
+   batch), 12 numbers per box that the tracker uses to tell neighbours apart.
+6. Boxes scaled back to the original pixels, copied to the host once, and turned into one
    :class:`~streams.vision.detections.Detections` per frame.
 
 Class mapping: the model's class names map to :class:`VehicleClass` (COCO's ``motorcycle``,
@@ -66,6 +69,33 @@ _KEY_OFFSET = 8192.0  # > any coordinate of the model input (imgsz <= 4096)
 #: Frames above this many pixels are refused before decoding (a 2 GB image is not a camera).
 MAX_PIXELS = 8192 * 8192
 _INSTALL_HINT = "the YOLO detector needs the vision extra: pip install 'citystream[vision]'"
+#: the share of a box's width and height its appearance is taken from (the vehicle, not the
+#: road around its corners)
+APPEARANCE_INNER = 0.6
+
+
+def box_appearance(images: torch.Tensor, boxes: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """``(K, 12)``: per box, the mean colour (0..1) of the 4 cells of a 2 x 2 grid over its
+    inner part (:data:`APPEARANCE_INNER`), from ``images`` ``(B, 3, H, W)`` scaled 0..1,
+    ``boxes`` ``(K, 4)`` xyxy in their pixels and ``frame`` ``(K,)`` the image of each box."""
+    import torch
+    from torchvision.ops import roi_align
+
+    if len(boxes) == 0:
+        return torch.zeros((0, 12), device=images.device)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (APPEARANCE_INNER / 2)
+    rois = torch.cat([frame[:, None].to(boxes.dtype), centre - half, centre + half], 1)
+    cells = roi_align(
+        images.float(),
+        rois.float(),
+        output_size=2,
+        spatial_scale=1.0,
+        sampling_ratio=2,
+        aligned=True,
+    )
+    out: torch.Tensor = cells.flatten(1)
+    return out
 
 
 def prepare_ultralytics(config_dir: Path | None = None) -> None:
@@ -387,11 +417,18 @@ class YoloDetector:
         return x / 255.0
 
     def _infer(self, batch: torch.Tensor, box: Letterbox) -> list[Detections]:
+        import torch
+
         x = self.letterbox(batch, box).contiguous(memory_format=self._memory_format)
         pred = self._model(x)
         if isinstance(pred, list | tuple):
             pred = pred[0]
         keep_boxes, keep_scores, keep_cls, counts = self._nms(pred.float())
+        frame = torch.repeat_interleave(
+            torch.arange(len(counts), device=keep_boxes.device),
+            torch.tensor(counts, device=keep_boxes.device),
+        )
+        looks = box_appearance(x, keep_boxes, frame).double().cpu().numpy()
         # back to the original frame's pixels
         keep_boxes[:, [0, 2]] = ((keep_boxes[:, [0, 2]] - box.left) / box.gain).clamp(0, box.width)
         keep_boxes[:, [1, 3]] = ((keep_boxes[:, [1, 3]] - box.top) / box.gain).clamp(0, box.height)
@@ -400,7 +437,7 @@ class YoloDetector:
         start = 0
         for n in counts:
             sl = slice(start, start + n)
-            out.append(Detections(xyxy[sl], scores[sl], cls[sl]))
+            out.append(Detections(xyxy[sl], scores[sl], cls[sl], appearance=looks[sl]))
             start += n
         return out
 

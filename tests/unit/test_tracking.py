@@ -14,12 +14,15 @@ def dets(
     conf: float = 0.9,
     cls: list[int] | None = None,
     confs: list[float] | None = None,
+    looks: list[float] | None = None,
 ) -> Detections:
+    """Detections; ``looks``: each box's colour, as a grey level 0..1 (12 equal numbers)."""
     n = len(boxes)
     return Detections(
         np.array(boxes, dtype=float).reshape(-1, 4),
         np.array(confs if confs is not None else [conf] * n),
         np.array(cls if cls is not None else [0] * n),
+        appearance=None if looks is None else np.repeat(np.array(looks)[:, None], 12, axis=1),
     )
 
 
@@ -100,6 +103,38 @@ def test_track_survives_missed_frames_and_occlusion_by_low_scores() -> None:
     assert seen == {1}
 
 
+def test_a_vehicle_of_another_colour_does_not_take_a_lost_id() -> None:
+    # a queued motorbike leaves unseen (occluded); the next stops where it stood
+    def run(first: float, second: float, looks: bool = True) -> list[list[int]]:
+        tracker = ByteTracker()
+        out = []
+        for k in range(16):
+            if k < 6:
+                d = dets([box(100, 100)], looks=[first] if looks else None)
+            elif k < 9:
+                d = dets([], looks=[] if looks else None)
+            else:
+                d = dets([box(103, 101)], looks=[second] if looks else None)
+            out.append(tracker.update(d).tracker_id.tolist())
+        return out
+
+    assert run(0.2, 0.7)[5:] == [[1]] + [[]] * 4 + [[2]] * 6  # another vehicle: a new id
+    assert run(0.2, 0.21)[5:] == [[1]] + [[]] * 3 + [[1]] * 7  # the same one came back
+    assert run(0.2, 0.7, looks=False)[-1] == [1]  # without appearance: it takes the id
+
+
+def test_appearance_picks_between_overlapping_boxes() -> None:
+    # two motorbikes side by side, stopped; the detector's boxes of them overlap the tracks'
+    # boxes about equally in one frame (jitter): colour decides, not a coin
+    tracker = ByteTracker()
+    for _ in range(5):
+        out = tracker.update(dets([box(100, 100), box(112, 100)], looks=[0.2, 0.8]))
+    want = {round(x): t for t, x in ids_by_x(out).items()}
+    out = tracker.update(dets([box(104, 100), box(108, 100)], looks=[0.8, 0.2]))
+    got = {round(x): t for t, x in ids_by_x(out).items()}
+    assert got == {104: want[112], 108: want[100]}
+
+
 def test_lost_beyond_buffer_and_new_objects_get_new_ids() -> None:
     tracker = ByteTracker(TrackerConfig(track_buffer=3))
     for _ in range(3):
@@ -143,6 +178,7 @@ def scene(k: int) -> Detections:
     boxes: list[tuple[float, float, float, float]] = []
     confs: list[float] = []
     classes: list[int] = []
+    looks: list[float] = []
     for v in range(12):
         start = 6 * v
         if not start <= k < start + 35:
@@ -158,11 +194,13 @@ def scene(k: int) -> Detections:
         boxes.append(box(x, y, 22 + 2 * (v % 3), 30))
         confs.append(conf)
         classes.append(2 if (age + v) % 7 else 3)
+        looks.append(0.1 + 0.07 * v + 0.01 * (k % 3))  # a colour per vehicle, some noise
     if k % 9 == 4:
         boxes.append(box(300 + k, 20))  # a one-frame ghost
         confs.append(0.65)
         classes.append(1)
-    return dets(boxes, cls=classes, confs=confs)
+        looks.append(0.5)
+    return dets(boxes, cls=classes, confs=confs, looks=looks)
 
 
 def assert_same(a: Detections, b: Detections) -> None:
@@ -191,6 +229,8 @@ def test_restored_tracker_goes_on_exactly_like_the_original(cut: int) -> None:
     a, b = restored.state(), original.state()
     for name in ("track_ids", "states", "hits", "missed", "means", "covariances", "last_boxes"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert a.appearances.shape == (len(a), 12)
+    assert np.array_equal(a.appearances, b.appearances, equal_nan=True)
     assert a.class_votes == b.class_votes and a.next_id == b.next_id
 
 
@@ -212,3 +252,9 @@ def test_tracker_state_is_a_copy_and_is_validated() -> None:
         TrackerState(**{**vars(state), "covariances": state.covariances * np.nan})
     with pytest.raises(ValueError, match="unknown state"):
         TrackerState(**{**vars(state), "states": state.states + 7})
+    with pytest.raises(ValueError, match="appearances"):
+        TrackerState(**{**vars(state), "appearances": state.appearances[1:]})
+    partly = state.appearances.copy()
+    partly[0, :3] = np.nan
+    with pytest.raises(ValueError, match="appearances"):
+        TrackerState(**{**vars(state), "appearances": partly})

@@ -194,6 +194,23 @@ def _evidence() -> Evidence:
     return Evidence(v, tr, CAL, "yolo11n-sim-1", before, after, crop, {"state": "red"})
 
 
+def test_latency_is_measured_from_the_last_evidence_frame(tmp_path: Path) -> None:
+    from streams.traffic.evaluate import last_evidence_frame, violation_latencies
+
+    ev = _evidence()
+    stored = store_bundle(tmp_path, ev)
+    last = last_evidence_frame(stored.path)
+    assert last == pytest.approx(ev.frames_after[-1].t) and last > ev.violation.t
+    assert last_evidence_frame(tmp_path / "missing.zip") is None
+    vid = ev.violation.violation_id
+    arrived = {round(T0 + k / 10, 3): 5000.0 + k / 10 for k in range(20)}  # wall clock
+    seen = {vid: 5000.0 + (last - T0) + 0.8, "never-bundled": 1.0}
+    # a row seen 0.8 s after its last frame arrived; a violation whose frame never arrived
+    # and one whose row was never seen are left out
+    lat = violation_latencies(seen, {vid: last, "frame-lost": T0 + 99, "unseen": T0}, arrived)
+    assert lat == [pytest.approx(0.8)]
+
+
 def test_evidence_is_deterministic_and_verifiable(tmp_path: Path) -> None:
     ev = _evidence()
     assert len(ev.frames_before) == 2 and ev.frames_after[0].t > ev.violation.t
