@@ -13,10 +13,11 @@ scored against the simulator's ground truth.
 5. scores: precision and recall per violation type (a detection matches a true violation of
    the same type within ``--tolerance`` s), count error per lane over the run, and the speed
    MAE of detected tracks associated with true vehicles by box overlap;
-6. measures the latency from frame to violation row: one watcher tails ``camera.frames``
-   and notes when each frame arrived, another polls the DB every 0.2 s and notes when each
-   violation row became visible; a violation is measured from the last frame its evidence
-   bundle holds (the worker cannot write the row before that frame has arrived).
+6. measures latencies: one watcher tails ``camera.frames`` and ``traffic.tracks`` and notes
+   when each frame and each frame's track batch arrived (frame -> tracks, every frame);
+   another polls the DB every 0.2 s and notes when each violation row became visible
+   (frame -> violation row, measured from the last frame the violation's evidence bundle
+   holds: the worker cannot write the row before that frame has arrived).
 
 The pure scoring lives in :mod:`streams.traffic.scoring`; this module only orchestrates.
 """
@@ -229,38 +230,54 @@ class ViolationWatch(threading.Thread):
 
 
 class FrameWatch(threading.Thread):
-    """Tails ``camera.frames``; ``arrived``: a frame's event time (epoch s, to the ms) -> the
-    wall-clock time this consumer received it, i.e. when the pipeline could first read it."""
+    """Tails ``camera.frames`` and ``traffic.tracks``; ``arrived`` / ``tracked``: a frame's
+    event time (epoch s, to the ms) -> the wall-clock time this consumer received the frame
+    (when the pipeline could first read it) / the frame's track batch."""
 
     def __init__(self, bootstrap: str, camera_id: str) -> None:
         super().__init__(name="frame-watch", daemon=True)
         self.bootstrap, self.camera_id = bootstrap, camera_id
         self.arrived: dict[float, float] = {}
+        self.tracked: dict[float, float] = {}
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         from schemas.codecs import Frame
+        from schemas.messages import TrackBatch
         from schemas.topics import TOPICS
 
-        topic = TOPICS["camera.frames"]
+        frames, tracks = TOPICS["camera.frames"], TOPICS["traffic.tracks"]
         consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
         )
         try:
-            tps = [TopicPartition(topic.name, p) for p in consumer.partitions_for_topic(topic.name)]
+            tps = [
+                TopicPartition(topic.name, p)
+                for topic in (frames, tracks)
+                for p in consumer.partitions_for_topic(topic.name)
+            ]
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
             while not self._stop_event.is_set():
-                for msgs in consumer.poll(timeout_ms=100).values():
+                for tp, msgs in consumer.poll(timeout_ms=100).items():
                     now = time.time()
                     for m in msgs:
-                        frame = topic.codec.decode(m.value)
-                        assert isinstance(frame, Frame)
-                        if frame.header.camera_id == self.camera_id:
-                            t = round(frame.header.captured_at.timestamp(), 3)
-                            self.arrived.setdefault(t, now)
+                        if tp.topic == frames.name:
+                            frame = frames.codec.decode(m.value)
+                            assert isinstance(frame, Frame)
+                            camera, at, into = (
+                                frame.header.camera_id,
+                                frame.header.captured_at,
+                                self.arrived,
+                            )
+                        else:
+                            batch = tracks.codec.decode(m.value)
+                            assert isinstance(batch, TrackBatch)
+                            camera, at, into = batch.camera_id, batch.captured_at, self.tracked
+                        if camera == self.camera_id:
+                            into.setdefault(round(at.timestamp(), 3), now)
         except Exception:  # the report then has no latency; say why
             log.exception("frame watch failed")
         finally:
@@ -360,6 +377,19 @@ def last_evidence_frame(bundle: Path) -> float | None:
         return None
     times = manifest["frame_times"]
     return float(max([*times["before"], *times["after"], manifest["t"]]))
+
+
+def _latency_summary(values: list[float]) -> dict[str, float | int | None]:
+    """n, p50, p99 and max of latencies (s)."""
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "n": len(a),
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "max": round(float(a.max()), 3),
+    }
 
 
 def violation_latencies(
@@ -502,13 +532,20 @@ def print_report(rep: dict[str, Any]) -> None:
             f"evidence: {rep['evidence_verified']} of {rep['violations_stored']} stored "
             "violations have a bundle whose SHA-256 matches the DB row"
         )
-    lat = rep.get("violation_latency_s")
-    if lat and lat["n"]:
-        print(
-            f"frame -> violation row: p50 {lat['p50']:.2f} s, p99 {lat['p99']:.2f} s, "
-            f"max {lat['max']:.2f} s over {lat['n']} violations (from the arrival on Kafka of "
-            "the last frame in each evidence bundle to the row visible in the DB)"
-        )
+    for key, what in (
+        ("track_latency_s", "frame -> its track batch on traffic.tracks (every frame)"),
+        (
+            "violation_latency_s",
+            "frame -> violation row (from the last frame in the evidence; a track is judged "
+            "once it has ended)",
+        ),
+    ):
+        lat = rep.get(key)
+        if lat and lat["n"]:
+            print(
+                f"{what}: p50 {lat['p50']:.2f} s, p99 {lat['p99']:.2f} s, "
+                f"max {lat['max']:.2f} s, n {lat['n']}"
+            )
     if rep.get("run"):
         r = rep["run"]
         print(
@@ -622,12 +659,10 @@ def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[st
         if (t := last_evidence_frame(root / uri)) is not None
     }
     lat = violation_latencies(watch.seen, last_frames, frames.arrived)
-    rep["violation_latency_s"] = {
-        "n": len(lat),
-        "p50": round(float(np.percentile(lat, 50)), 3) if lat else None,
-        "p99": round(float(np.percentile(lat, 99)), 3) if lat else None,
-        "max": round(lat[-1], 3) if lat else None,
-    }
+    rep["violation_latency_s"] = _latency_summary(lat)
+    rep["track_latency_s"] = _latency_summary(
+        [at - frames.arrived[t] for t, at in frames.tracked.items() if t in frames.arrived]
+    )
     rep["run"] = {
         "scenario": args.scenario,
         "seed": args.seed,
