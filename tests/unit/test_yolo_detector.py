@@ -24,6 +24,7 @@ from streams.vision.yolo import (  # noqa: E402
     SHIPPED_WEIGHTS,
     Letterbox,
     YoloDetector,
+    box_appearance,
     class_mapping,
     jpeg_dimensions,
 )
@@ -205,6 +206,27 @@ def test_batch_equals_one_by_one_and_bad_frames_fail_alone(
         assert _match(out[i], alone, 0.98) >= 0.95 and _match(alone, out[i], 0.98) >= 0.95
     assert isinstance(out[4], Detections | DecodeFailure)  # truncated: either, never a crash
     assert detector.detect_jpegs([]) == []
+
+
+def test_appearance_is_the_colour_of_the_box_inside(
+    detector: YoloDetector, frames: list[bytes]
+) -> None:
+    # two frames: a red square on grey, and a blue square; a box around each, one outside
+    img = torch.full((2, 3, 64, 96), 0.5)
+    img[0, :, 10:40, 20:50] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    img[1, :, 10:40, 20:50] = torch.tensor([0.0, 0.0, 1.0])[:, None, None]
+    boxes = torch.tensor([[18.0, 8, 52, 42], [18, 8, 52, 42], [60, 45, 90, 60]])
+    looks = box_appearance(img, boxes, torch.tensor([0, 1, 0]))
+    assert looks.shape == (3, 12)
+    cells = looks.reshape(3, 3, 2, 2)  # box, channel, grid
+    assert torch.allclose(cells[0], torch.tensor([1.0, 0, 0])[:, None, None].expand(3, 2, 2))
+    assert torch.allclose(cells[1], torch.tensor([0.0, 0, 1])[:, None, None].expand(3, 2, 2))
+    assert torch.allclose(cells[2], torch.full((3, 2, 2), 0.5))
+    assert box_appearance(img, torch.zeros((0, 4)), torch.zeros(0)).shape == (0, 12)
+    # the detector gives every box one, 0..1
+    (d,) = detector.detect_jpegs([frames[0]])
+    assert d.appearance is not None and d.appearance.shape == (len(d), 12)
+    assert len(d) and d.appearance.min() >= 0 and d.appearance.max() <= 1
 
 
 def test_mixed_frame_sizes_in_one_batch(detector: YoloDetector, frames: list[bytes]) -> None:
