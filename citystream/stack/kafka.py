@@ -141,7 +141,13 @@ def jvm_argv(settings: Settings, main: str, *args: str) -> list[str]:
 
 
 def new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A random KRaft cluster id (base64url of a UUID).  Never one that starts with '-':
+    kafka-storage would read it as an option (Kafka's own ``Uuid.randomUuid`` skips those
+    too); one start in 64 failed with "argument --cluster-id: expected one argument"."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,8 @@ class Pacer:
     """Keeps each camera's tracks and frames within ``lead_s`` of event time of each other.
 
     A record of a camera that is ahead of the camera's other input is held (in arrival order,
-    per camera and topic) while that input's partition still has records not yet fetched;
+    per camera and topic) while that input's partition still has records not yet fetched
+    (frames of a camera whose tracks have not started yet count as ahead);
     :meth:`releasable` hands held records back once the other side caught up, has nothing
     more to fetch, or the queue exceeds ``max_held``.  Cameras are independent, so cameras
     sharing a partition cannot block each other.
@@ -191,7 +192,12 @@ class Pacer:
     ) -> bool:
         other = self.other(topic)
         ot = self.time.get((other, camera))
-        return ot is not None and t - ot > self.lead_s and unread(other, partition)
+        if ot is None:
+            # a camera's frames wait for its first tracks (the evidence ring is short: frames
+            # that ran ahead would be gone when the violations come); tracks never wait for
+            # frames that have not started
+            return topic == self.topics[1] and unread(other, partition)
+        return t - ot > self.lead_s and unread(other, partition)
 
     def should_hold(
         self, topic: str, camera: str, partition: int, t: float, unread: Callable[[str, int], bool]

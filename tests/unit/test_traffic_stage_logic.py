@@ -423,3 +423,22 @@ def test_pacer_holds_the_side_ahead_only_while_the_other_has_more_to_fetch() -> 
     more["traffic.tracks"] = False  # nothing more will come: stop waiting
     assert [h.offset for _, _, h in pacer.releasable(unfetched)] == [7]
     assert pacer.first_held() == {}
+
+
+def test_pacer_holds_a_cameras_frames_until_its_tracks_start() -> None:
+    # fetched first, the frames of a whole minute would pass through the evidence ring (12 s)
+    # before the first track batch: the violations early in it would find no frames before
+    pacer = Pacer("traffic.tracks", "camera.frames", lead_s=2.0)
+    more = {"camera.frames": True, "traffic.tracks": True}
+
+    def unfetched(topic: str, partition: int) -> bool:
+        return more[topic]
+
+    assert pacer.should_hold("camera.frames", "cam-1", 0, 100.0, unfetched)
+    assert not pacer.should_hold("traffic.tracks", "cam-2", 0, 100.0, unfetched)  # never
+    pacer.hold("camera.frames", "cam-1", Held(0, 3, b"cam-1", b"", None, 100.0))
+    assert pacer.releasable(unfetched) == []
+    pacer.done("traffic.tracks", "cam-1", 99.5)  # its tracks started
+    assert [h.offset for _, _, h in pacer.releasable(unfetched)] == [3]
+    more["traffic.tracks"] = False  # a camera without tracks: its frames go once all is read
+    assert not pacer.should_hold("camera.frames", "cam-3", 0, 100.0, unfetched)
