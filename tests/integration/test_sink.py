@@ -28,8 +28,33 @@ def batch(tag: str, seq: int, n: int) -> MeterBatch:
     )
 
 
+def start_group_at_end(stack: Stack, group: str, topic: str) -> None:
+    """Commit ``group``'s offsets at the end of ``topic``: its first consumer reads only what
+    is produced from now on (not the readings of earlier tests, whose rows would share the
+    sink's buffer and leave part of this test's rows waiting for the timer)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(
+        bootstrap_servers=stack.settings.kafka.bootstrap, group_id=group, enable_auto_commit=False
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
+        c.assign(tps)
+        c.seek_to_end(*tps)
+        for tp in tps:
+            c.position(tp)
+        c.commit()
+    finally:
+        c.close(autocommit=False)
+
+
 def test_full_row_batch_is_written_before_the_delay(stack: Stack, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
+    # readings already on the topic (as earlier tests leave): 30 of them in the sink's buffer
+    # would make it write 110 rows at the third record and keep 40 of ours for the timer
+    old = batch(f"old{tag}", 0, 30)
+    stack.produce(READINGS.name, old.gateway_id.encode(), READINGS.codec.encode(old))
+    start_group_at_end(stack, f"sink-rows-{tag}", READINGS.name)
     sink = stack.spawn(
         tmp_path / "sink.log",
         *("-m", "citystream.cli", "sink", "--topics", "meter.readings"),
