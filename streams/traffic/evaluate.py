@@ -36,6 +36,7 @@ import threading
 import time
 import zipfile
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +47,8 @@ import numpy as np
 from citystream.settings import Settings
 from citystream.stack.private import child_env, private_settings
 from citystream.table import format_table
+from schemas.messages import TrackBatch
+from schemas.topics import TOPICS
 from streams.traffic.scoring import (
     Box,
     Event,
@@ -196,7 +199,6 @@ class ViolationWatch(threading.Thread):
         super().__init__(name="violation-watch", daemon=True)
         self.dsn, self.intersection_id, self.every_s = dsn, intersection_id, every_s
         self.seen: dict[str, float] = {}
-        self.errors = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -212,7 +214,6 @@ class ViolationWatch(threading.Thread):
                     (self.intersection_id,),
                 ).fetchall()
             except psycopg.Error as exc:
-                self.errors += 1
                 log.warning("violation watch: %s", exc)
                 if conn is not None:
                     conn.close()
@@ -230,22 +231,25 @@ class ViolationWatch(threading.Thread):
 
 
 class FrameWatch(threading.Thread):
-    """Tails ``camera.frames`` and ``traffic.tracks``; ``arrived`` / ``tracked``: a frame's
-    event time (epoch s, to the ms) -> the wall-clock time this consumer received the frame
-    (when the pipeline could first read it) / the frame's track batch."""
+    """Tails ``camera.frames`` and ``traffic.tracks`` for one camera: ``arrived`` /
+    ``tracked``: a frame's event time (epoch s, to the ms) -> the wall-clock time this
+    consumer received the frame (when the pipeline could first read it) / the frame's track
+    batch; ``batches``: the camera's track batches.  :meth:`stop` reads both topics to their
+    end first; ``complete`` says it did."""
 
     def __init__(self, bootstrap: str, camera_id: str) -> None:
         super().__init__(name="frame-watch", daemon=True)
         self.bootstrap, self.camera_id = bootstrap, camera_id
         self.arrived: dict[float, float] = {}
         self.tracked: dict[float, float] = {}
+        self.batches: list[TrackBatch] = []
+        self.complete = False
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         from schemas.codecs import Frame
-        from schemas.messages import TrackBatch
         from schemas.topics import TOPICS
 
         frames, tracks = TOPICS["camera.frames"], TOPICS["traffic.tracks"]
@@ -260,7 +264,13 @@ class FrameWatch(threading.Thread):
             ]
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
-            while not self._stop_event.is_set():
+            end: dict[TopicPartition, int] | None = None
+            while True:
+                if end is None and self._stop_event.is_set():
+                    end = consumer.end_offsets(tps)
+                if end is not None and all(consumer.position(tp) >= end[tp] for tp in tps):
+                    self.complete = True
+                    return
                 for tp, msgs in consumer.poll(timeout_ms=100).items():
                     now = time.time()
                     for m in msgs:
@@ -276,16 +286,18 @@ class FrameWatch(threading.Thread):
                             batch = tracks.codec.decode(m.value)
                             assert isinstance(batch, TrackBatch)
                             camera, at, into = batch.camera_id, batch.captured_at, self.tracked
+                            if camera == self.camera_id:
+                                self.batches.append(batch)
                         if camera == self.camera_id:
                             into.setdefault(round(at.timestamp(), 3), now)
-        except Exception:  # the report then has no latency; say why
+        except Exception:  # not complete: the evaluation stops with this in the log
             log.exception("frame watch failed")
         finally:
             consumer.close()
 
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(timeout=10)
+        self.join(timeout=120)
 
 
 # --- reading results -------------------------------------------------------------------------
@@ -325,20 +337,26 @@ def read_truth(path: Path) -> dict[str, Any]:
     return {"violations": violations, "frames": frames, "lanes": dict(lanes), "meta": meta}
 
 
-def read_tracks(
-    settings: Settings, camera_id: str, dump: Path | None = None
-) -> dict[int, list[Box]]:
-    """Every TrackBatch of ``camera_id`` on ``traffic.tracks``, as boxes by frame seq (and
-    each batch as sent, a JSON line each, into ``dump``)."""
+def track_boxes(batches: Iterable[TrackBatch]) -> dict[int, list[Box]]:
+    """Track batches as boxes by frame seq, for scoring."""
+    return {
+        b.frame_seq: [
+            Box(o.track_id, (o.bbox.x1, o.bbox.y1, o.bbox.x2, o.bbox.y2), o.speed_kmh)
+            for o in b.tracks
+        ]
+        for b in batches
+    }
+
+
+def read_tracks(settings: Settings, camera_id: str) -> dict[int, list[Box]]:
+    """Every TrackBatch of ``camera_id`` on ``traffic.tracks``, as boxes by frame seq."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from schemas.messages import TrackBatch
     from schemas.topics import TOPICS
 
     topic = TOPICS["traffic.tracks"]
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
-    out: dict[int, list[Box]] = {}
-    sink = dump.open("wb") if dump is not None else None
+    batches: list[TrackBatch] = []
     try:
         tps = [TopicPartition(topic.name, p) for p in consumer.partitions_for_topic(topic.name)]
         consumer.assign(tps)
@@ -349,23 +367,11 @@ def read_tracks(
                 for m in msgs:
                     batch = topic.codec.decode(m.value)
                     assert isinstance(batch, TrackBatch)
-                    if batch.camera_id != camera_id:
-                        continue
-                    if sink is not None:
-                        sink.write(m.value.rstrip(b"\n") + b"\n")
-                    out[batch.frame_seq] = [
-                        Box(
-                            o.track_id,
-                            (o.bbox.x1, o.bbox.y1, o.bbox.x2, o.bbox.y2),
-                            o.speed_kmh,
-                        )
-                        for o in batch.tracks
-                    ]
+                    if batch.camera_id == camera_id:
+                        batches.append(batch)
     finally:
         consumer.close()
-        if sink is not None:
-            sink.close()
-    return out
+    return track_boxes(batches)
 
 
 def last_evidence_frame(bundle: Path) -> float | None:
@@ -627,17 +633,22 @@ def evaluate(args: argparse.Namespace, base: Settings, workdir: Path) -> dict[st
         time.sleep(10.0)
         wait_for_drain(settings.kafka.bootstrap, groups, timeout_s=120.0, settle_s=5.0)
         pipeline.check()
-        watch.stop()  # every row is in: the drain waited for the sink
-        frames.stop()
         truth = read_truth(truth_file)
-        db = read_db(settings, inter)
-        tracks = read_tracks(settings, camera, workdir / "tracks.jsonl" if args.keep else None)
+        db = read_db(settings, inter)  # every row is in: the drain waited for the sink
     finally:
         for thread in (watch, frames):
             if thread is not None:
                 thread.stop()
         pipeline.stop()
         down(settings)
+    assert frames is not None and watch is not None
+    if not frames.complete:
+        raise RuntimeError("the frame watcher did not read traffic.tracks to its end (see log)")
+    if args.keep:
+        codec = TOPICS["traffic.tracks"].codec
+        with (workdir / "tracks.jsonl").open("wb") as dump:
+            dump.writelines(codec.encode(b).rstrip(b"\n") + b"\n" for b in frames.batches)
+    tracks = track_boxes(frames.batches)
     start = _ts(truth["meta"]["start"]) if "start" in truth["meta"] else 0.0
     rep = report(
         truth,

@@ -449,13 +449,11 @@ class ByteTracker:
         xyxy = detections.xyxy
         app = detections.appearance
 
-        def look(idx: IntArray) -> FloatArray | None:
-            return None if app is None else app[idx]
-
         def match(
             tracks: list[_Track], idx: IntArray, min_iou: float, diou: bool = False
         ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-            return _match(tracks, xyxy[idx], min_iou, diou=diou, appearance=look(idx), config=cfg)
+            looks = None if app is None else app[idx]
+            return _match(tracks, xyxy[idx], min_iou, diou=diou, appearance=looks, config=cfg)
 
         for t in self._tracks:
             t.predict()

@@ -417,18 +417,12 @@ class YoloDetector:
         return x / 255.0
 
     def _infer(self, batch: torch.Tensor, box: Letterbox) -> list[Detections]:
-        import torch
-
         boxed = self.letterbox(batch, box)
         x = boxed.contiguous(memory_format=self._memory_format)
         pred = self._model(x)
         if isinstance(pred, list | tuple):
             pred = pred[0]
-        keep_boxes, keep_scores, keep_cls, counts = self._nms(pred.float())
-        frame = torch.repeat_interleave(
-            torch.arange(len(counts), device=keep_boxes.device),
-            torch.tensor(counts, device=keep_boxes.device),
-        )
+        keep_boxes, keep_scores, keep_cls, frame, counts = self._nms(pred.float())
         # from the contiguous input: roi_align on a channels-last tensor is 60 times slower
         keep_looks = box_appearance(boxed, keep_boxes, frame)
         # back to the original frame's pixels
@@ -458,8 +452,9 @@ class YoloDetector:
 
     def _nms(
         self, pred: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """Batched NMS of raw predictions; kept rows sorted by frame, then by score."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """Batched NMS of raw predictions: boxes, scores, classes and frame index of the kept
+        rows, sorted by frame, then by score, and the count per frame."""
         import torch
         import torchvision
 
@@ -513,7 +508,7 @@ class YoloDetector:
             sel = rank < self.max_det
             boxes, scores, cls, frame = boxes[sel], scores[sel], cls[sel], frame[sel]
             counts = torch.bincount(frame, minlength=bs)
-        return boxes.clone(), scores, cls, [int(c) for c in counts.cpu().tolist()]
+        return boxes.clone(), scores, cls, frame, [int(c) for c in counts.cpu().tolist()]
 
 
 def _check_header(data: bytes) -> DecodeFailure | None:
