@@ -210,6 +210,19 @@ class TrafficSettings(_Frozen):
     track_idle_s: float = Field(
         3.0, gt=0, le=120, description="A track unseen this long is finished and judged"
     )
+    judge_open: bool = Field(
+        True,
+        description="Report a violation as soon as more of the track cannot undo it, while "
+        "the vehicle is in view (false: only once its track has ended)",
+    )
+    signal_lag_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="A red light is reported on an open track once the camera's event time is "
+        "this far past the moment the vehicle was committed past the line: the longest a "
+        "phase change may take from the controller to this worker",
+    )
     frame_buffer_s: float = Field(
         12.0, gt=0, le=120, description="Seconds of frames kept per camera for evidence"
     )

@@ -6,19 +6,26 @@ camera's ``TrackBatch`` es and frames in time order; it
 
 * counts lanes per window (:meth:`add_batch` returns the rows of closed windows): a window
   closes when the camera's event time reaches its end, never by wall-clock time;
-* judges a track once it has been unseen for ``track_idle_s`` (event time) with every rule
-  (:meth:`expire`), and builds an :class:`~streams.traffic.evidence.Evidence` for each
-  violation: frames before/after, a crop of the vehicle, its trajectory, the signal states,
-  the calibration and the model version;
+* judges the open tracks with every rule every ``judge_every_s`` of event time
+  (:meth:`expire`): a finding that more of the track cannot undo (``settled``: a red light
+  once the vehicle is past the line on red, a wrong-way stretch, a stop past its limit, a
+  speed over the limit by a full running median, a bus-lane stay) is reported as soon as
+  the frames after it are in, while the vehicle is still in view;
+* judges a track once it has been unseen for ``track_idle_s`` (event time) with every rule,
+  for what the open judgement did not report, and builds an
+  :class:`~streams.traffic.evidence.Evidence` for each violation: frames before/after, a crop
+  of the vehicle, its trajectory, the signal states, the calibration and the model version;
 * judges a track that is still open but older than ``track_max_age_s`` (a parked vehicle, a
   static false detection) on what was seen so far and cuts it to its last ``track_tail_s``
   (:class:`Cut`), so that no track holds the worker's commit point for ever.  The tail is at
   least the camera's longest no-stopping dwell limit (+1 s), so a stop that began before the
   cut is still judged in full, and the age cap at least two tails;
-* because a track is judged only after it ended, frames around a violation early in a long
-  track (a vehicle stopped for a minute) would have left the ring by then: every
-  ``snapshot_every_s`` it evaluates the rules on the *open* tracks and keeps the frames
-  around each candidate (:meth:`tick`); the judgement uses whichever set is closer in time.
+* keeps the frames around each finding on an open track that is not reported yet: by the
+  time the track ends they may have left the ring; the judgement uses whichever set is
+  closer in time.
+
+The open judgement runs on a fixed event-time grid, so a replay of the same batches finds
+the same thing on the same part of a track: the same violation id, which the sink collapses.
 
 Replays after a crash start at the first record of the oldest open track, so a track that
 was already judged may be replayed in part: :attr:`judged` (restored by the worker after a
@@ -52,7 +59,12 @@ class StateConfig:
     count_window_s: int = 60
     frame_buffer_s: float = 12.0
     frames_each_side: int = 3
-    snapshot_every_s: float = 1.0
+    judge_every_s: float = 0.2
+    judge_open: bool = True
+    class_settled_s: float = 1.0
+    class_settled_share: float = 0.5
+    signal_lag_s: float = 0.5
+    evidence_wait_s: float = 1.0
     track_max_age_s: float = 300.0
     track_tail_s: float = 30.0
 
@@ -162,7 +174,9 @@ class CameraState:
         self.counter = LaneCounter(cal, window_s=cfg.count_window_s, signals=self.signals)
         self.ring = FrameRing(cfg.frame_buffer_s)
         self._snapshots: dict[tuple[int, ViolationKind], _Snapshot] = {}
-        self._next_tick = -math.inf
+        #: settled findings on open tracks, to be reported (see :meth:`_report_due`)
+        self._due: dict[tuple[int, ViolationKind], RuleViolation] = {}
+        self._judged_step = -math.inf
         # the tail of a cut track covers the longest dwell limit (a stop that began before
         # the cut is judged as without it), and a track lives at least two tails
         dwell = max((z.max_dwell_s for z in cal.zones_of("no_stopping")), default=0.0)
@@ -227,41 +241,29 @@ class CameraState:
         self.ring.add(t, jpeg)
         return True
 
-    # --- snapshots of evidence frames ----------------------------------------------------
-    def tick(self, signals: SignalTimeline) -> int:
-        """Keep the frames around candidate violations of open tracks; returns how many
-        candidates there are.  Runs at most every ``snapshot_every_s`` of event time."""
-        if self.now < self._next_tick or not self.open or not math.isfinite(self.frames_now):
-            return len(self._snapshots)  # nothing due, nothing open, or no frames to keep
-        self._next_tick = self.now + self.config.snapshot_every_s
-        n = self.config.frames_each_side
-        for v in evaluate_all(self.store.histories(), self.calibration, signals):
-            key = (v.track_id, v.kind)
-            snap = self._snapshots.get(key)
-            if snap is None or abs(snap.t - v.t) > 0.5:
-                before, after = self.ring.around(v.t, n, n)
-                if before or snap is None:
-                    self._snapshots[key] = _Snapshot(v.t, before, after)
-            elif len(snap.after) < n:
-                _, after = self.ring.around(snap.t, 0, n)
-                if len(after) > len(snap.after):
-                    snap.after = after
-        return len(self._snapshots)
-
     # --- judgement -----------------------------------------------------------------------
     def expire(self, signals: SignalTimeline, *, flush: bool = False) -> Expired:
-        """Judge the tracks unseen for ``track_idle_s`` (all open tracks with ``flush``) and
-        the open ones older than ``track_max_age_s``, which are then cut to their tail.
-        Both by event time: call it after every batch."""
+        """Call after every batch.  Judges, by event time:
+
+        * the open tracks, every ``judge_every_s`` (:meth:`_judge_open`): their settled
+          findings are reported as soon as the frames after them are in (:meth:`_report_due`);
+        * the tracks unseen for ``track_idle_s`` (all open tracks with ``flush``) and the
+          open ones older than ``track_max_age_s``, which are then cut to their tail."""
         cfg = self.config
+        step = math.floor(self.now / cfg.judge_every_s)
+        if self.open and step > self._judged_step:
+            self._judged_step = step
+            self._judge_open(signals)
         closed = self.store.expire(math.inf if flush else self.now, cfg.track_idle_s)
         for c in closed:
             self.open.pop(c.track_id, None)
         old = [tid for tid, t0 in self.open.items() if self.now - t0 > self.max_age_s]
         aged = [a for tid in sorted(old) if (a := self.store.history(tid)) is not None]
-        if not closed and not aged:
-            return Expired()
-        judged = self._judge([*closed, *aged], signals)
+        ending = {h.track_id: h for h in [*closed, *aged]}
+        reported = self._report_due(signals, ending, flush=flush)
+        if not ending:
+            return Expired(judged=reported)
+        judged = reported + self._judge([*closed, *aged], signals)
         cuts = []
         for h in aged:
             dropped = self.store.cut(h.track_id, self.now - self.tail_s)
@@ -273,6 +275,69 @@ class CameraState:
         horizon = self.now - self.max_age_s
         self.fired = {k: v for k, v in self.fired.items() if v[0] >= horizon or k in self.open}
         return Expired(tuple(closed), judged, tuple(cuts))
+
+    def _judge_open(self, signals: SignalTimeline) -> None:
+        """Every rule on the open tracks.  A finding is due, to be reported, when it is
+        settled (see :class:`~streams.traffic.rules.RuleViolation`) and so is the track's
+        class: its vote has held for ``class_settled_s`` and for ``class_settled_share`` of
+        the track's age (the vote sums the track's detections, so an old winner is not
+        overtaken quickly).  A red light also waits until the camera's event time is
+        ``signal_lag_s`` past the commit point: a phase change may still be on its way.
+        For the other findings the frames around them are kept: the ring may have lost them
+        by the time the track ends (a vehicle stopped for a minute)."""
+        cfg = self.config
+        n = cfg.frames_each_side
+        for v in evaluate_all(self.store.histories(), self.calibration, signals):
+            key = (v.track_id, v.kind)
+            if key in self._due or v.kind in self.fired.get(v.track_id, (0.0, frozenset()))[1]:
+                continue
+            if cfg.judge_open and self._settled(v):
+                self._due[key] = v
+                continue
+            if not math.isfinite(self.frames_now):
+                continue  # no frames to keep
+            snap = self._snapshots.get(key)
+            if snap is None or abs(snap.t - v.t) > 0.5:
+                before, after = self.ring.around(v.t, n, n)
+                if before or snap is None:
+                    self._snapshots[key] = _Snapshot(v.t, before, after)
+            elif len(snap.after) < n:
+                _, after = self.ring.around(snap.t, 0, n)
+                if len(after) > len(snap.after):
+                    snap.after = after
+
+    def _settled(self, v: RuleViolation) -> bool:
+        track = self.store.history(v.track_id)
+        if not v.settled or track is None:
+            return False
+        held, age = self.now - track.class_since, self.now - float(track.t[0])
+        if held < max(self.config.class_settled_s, self.config.class_settled_share * age):
+            return False
+        if v.kind is ViolationKind.red_light:
+            return self.now >= float(v.details["committed_t"]) + self.config.signal_lag_s
+        return True
+
+    def _report_due(
+        self, signals: SignalTimeline, ending: dict[int, TrackHistory], *, flush: bool
+    ) -> tuple[Judged, ...]:
+        """The due findings whose ``frames_each_side`` frames after them are in, or whose
+        camera's frames are ``evidence_wait_s`` past them without those, and all of those of
+        tracks ending now.  (A camera's frames may come after its tracks, up to the pacer's
+        lead; a camera without frames reports when the track ends.)"""
+        out = []
+        n, wait = self.config.frames_each_side, self.config.evidence_wait_s
+        for key, v in list(self._due.items()):
+            track = ending.get(v.track_id)
+            waiting = track is None and not flush and self.frames_now < v.t + wait
+            if waiting and len(self.ring.around(v.t, 0, n)[1]) < n:
+                continue  # the frames after it are still to come
+            track = track or self.store.history(v.track_id)
+            del self._due[key]
+            assert track is not None, "a due finding is reported before its track ends"
+            out.append(Judged(v, self._evidence(v, track, signals)))
+            last, kinds = self.fired.get(v.track_id, (-math.inf, frozenset()))
+            self.fired[v.track_id] = (max(last, self.now), kinds | {v.kind})
+        return tuple(out)
 
     def _judge(self, tracks: list[TrackHistory], signals: SignalTimeline) -> tuple[Judged, ...]:
         """Every rule on ``tracks``, but no kind a track was already reported for."""

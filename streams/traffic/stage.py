@@ -10,8 +10,9 @@ under ``traffic.evidence_dir`` (default ``<state_dir>/evidence``) whose SHA-256 
 ``Violation`` -> ``traffic.violations``.
 
 Event time drives everything: a camera's count window closes when the camera's
-``TrackBatch`` es (one per frame, empty ones too) reach the window's end, and its tracks are
-judged after ``track_idle_s`` of *event* time without them, checked after every batch, so
+``TrackBatch`` es (one per frame, empty ones too) reach the window's end, its open tracks are
+judged on a grid of event time (a violation is reported while the vehicle is in view, see
+:mod:`.camera_state`) and once more after ``track_idle_s`` of *event* time without them, so
 the results do not depend on how fast records arrive (a vision worker falling behind under
 load delays them, it does not cut windows short) nor on how they were polled.
 
@@ -94,6 +95,8 @@ class TrafficStage(ConsumerLoop):
             frame_buffer_s=ts.frame_buffer_s,
             track_max_age_s=ts.track_max_age_s,
             track_tail_s=ts.track_tail_s,
+            judge_open=ts.judge_open,
+            signal_lag_s=ts.signal_lag_s,
         )
         self.idle_flush_s = idle_flush_s
         self.camera_gone_s = ts.camera_gone_s
@@ -330,7 +333,6 @@ class TrafficStage(ConsumerLoop):
             self._process(topic, camera_id, held)
         now = self.clock()
         for cid, state in list(self.states.items()):
-            state.tick(self.feed.timeline(state.calibration.intersection_id))
             ended = self._ended(cid, state, now)
             if ended is not None:
                 self._retire(cid, *ended)

@@ -7,6 +7,7 @@ A :class:`TrackHistory` is one vehicle's path: times (UTC epoch seconds), ground
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class TrackHistory:
     xy: FloatArray
     confidence: FloatArray
     bbox: FloatArray = field(default_factory=lambda: np.zeros((0, 4)))
+    #: since when the tracker's class vote has been ``vehicle_class`` (-inf: always)
+    class_since: float = -math.inf
 
     def __post_init__(self) -> None:
         t = np.asarray(self.t, dtype=np.float64).reshape(-1)
@@ -127,6 +130,7 @@ def instant_speed_kmh(track: TrackHistory, window_s: float = 1.0) -> float | Non
 @dataclass
 class _Acc:
     vehicle_class: VehicleClass
+    class_since: float
     t: list[float] = field(default_factory=list)
     xy: list[tuple[float, float]] = field(default_factory=list)
     conf: list[float] = field(default_factory=list)
@@ -153,10 +157,11 @@ class TrackStore:
                 continue
             acc = self._acc.get(obs.track_id)
             if acc is None:
-                acc = self._acc[obs.track_id] = _Acc(obs.vehicle_class)
+                acc = self._acc[obs.track_id] = _Acc(obs.vehicle_class, t)
             if acc.t and t <= acc.t[-1]:
                 continue  # duplicate or out-of-order frame
-            acc.vehicle_class = obs.vehicle_class  # the tracker's latest vote
+            if obs.vehicle_class != acc.vehicle_class:
+                acc.vehicle_class, acc.class_since = obs.vehicle_class, t  # the latest vote
             acc.t.append(t)
             acc.xy.append(obs.ground_xy)
             acc.conf.append(obs.confidence)
@@ -175,6 +180,7 @@ class TrackStore:
             np.array(acc.xy),
             np.array(acc.conf),
             np.array(acc.bbox),
+            acc.class_since,
         )
 
     def histories(self) -> list[TrackHistory]:

@@ -384,7 +384,13 @@ def test_traffic_worker_violations_evidence_counts_advice(
 
         wait_until(lambda: len(recalled()) >= 0.8 * len(expected), 60, "violations of the truth")
         elapsed = time.monotonic() - t0
-        time.sleep(2)  # let the last idle flushes land
+        clean = clean_run(s)  # the last ones come when the cameras' inputs end
+        wait_until(
+            lambda: found_set(violation_rows(stack, s.intersection_id)) >= clean,
+            60,
+            "every violation the pure logic finds",
+        )
+        time.sleep(2)  # anything more (there should be nothing) would land now
         found = violation_rows(stack, s.intersection_id)
         mine = [r for r in found if r[4] == cam_s]
         hits = recalled()
@@ -400,7 +406,7 @@ def test_traffic_worker_violations_evidence_counts_advice(
 
         per_track = Counter((r[0], r[4], r[1]) for r in found)
         assert max(per_track.values()) == 1, per_track  # one violation per kind and track
-        assert found_set(found) == clean_run(s)  # what the pure logic finds, processed once
+        assert found_set(found) == clean  # what the pure logic finds, processed once
         for kind, _tid, uri, sha, cam, details, _vid, _at in found:
             path = evidence / uri
             assert path.exists() and verify_bundle(path, sha), uri

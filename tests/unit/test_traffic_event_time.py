@@ -271,8 +271,12 @@ def parked(minutes: float, fps: float, track_id: int = 5) -> TrackHistory:
     return TrackHistory.from_points(pts, VehicleClass.car, track_id=track_id)
 
 
-def test_state_judges_cuts_and_never_repeats_a_kind() -> None:
-    cfg = StateConfig(track_max_age_s=300.0, track_tail_s=30.0)
+@pytest.mark.parametrize("judge_open", [False, True])
+def test_state_judges_cuts_and_never_repeats_a_kind(judge_open: bool) -> None:
+    """Judged at the age cap on all it had seen (301 s), never again at the later cuts nor
+    when the car leaves.  Judging open tracks finds the stop at 30 s, but a camera without
+    frames has no evidence frames to wait for: it reports when the track ends or is cut."""
+    cfg = StateConfig(track_max_age_s=300.0, track_tail_s=30.0, judge_open=judge_open)
     state = CameraState(CAL, cfg)
     signals = SignalTimeline()
     car = parked(20, fps=1)
@@ -287,7 +291,7 @@ def test_state_judges_cuts_and_never_repeats_a_kind() -> None:
         assert state.oldest_open_age_s <= 300.0
     assert [j.violation.kind for j in judged] == [ViolationKind.illegal_stop]
     assert judged[0].violation.t == pytest.approx(T0 + 30.0)
-    assert len(judged[0].evidence.track) == 302  # judged on all it had seen, 301 s
+    assert len(judged[0].evidence.track) == 302
     assert [c.kept_from - T0 for c in cuts] == [270.0, 540.0, 810.0, 1080.0]
     assert all(c.dropped_until == c.kept_from - 1.0 for c in cuts)
     assert longest <= 302 and not state.open

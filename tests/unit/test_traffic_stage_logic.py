@@ -7,6 +7,7 @@ snapshots of evidence frames, replay suppression), Webster advice periods, pacin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -212,8 +213,14 @@ def test_reference_views_survive_in_files(tmp_path: Path) -> None:
 
 
 # --- traffic: per-camera state ----------------------------------------------------------------
-def batches(tracks: list[TrackHistory], until: float, fps: float = 10) -> list[TrackBatch]:
-    """One batch per frame from T0 to ``until`` (s after T0) with the tracks present then."""
+def batches(
+    tracks: list[TrackHistory],
+    until: float,
+    fps: float = 10,
+    class_at: Callable[[float], VehicleClass] | None = None,
+) -> list[TrackBatch]:
+    """One batch per frame from T0 to ``until`` (s after T0) with the tracks present then;
+    ``class_at``: the tracker's class vote at each time (s after T0), for every track."""
     out = []
     for k in range(int(until * fps) + 1):
         t = T0 + k / fps
@@ -225,7 +232,7 @@ def batches(tracks: list[TrackHistory], until: float, fps: float = 10) -> list[T
                 obs.append(
                     TrackObservation(
                         track_id=tr.track_id,
-                        vehicle_class=tr.vehicle_class,
+                        vehicle_class=class_at(t - T0) if class_at else tr.vehicle_class,
                         confidence=0.9,
                         bbox=BBox(x1=60, y1=30, x2=90, y2=60),
                         ground_xy=(float(x), float(y)),
@@ -249,28 +256,38 @@ def tiny_jpeg(k: int) -> bytes:
     return bytes(cv2.imencode(".jpg", img)[1])
 
 
-def feed(
-    state: CameraState, bs: list[TrackBatch], signals: Any, *, ticks: bool = True
-) -> list[Any]:
+def feed(state: CameraState, bs: list[TrackBatch], signals: Any) -> list[Any]:
+    return [j for _, j in feed_timed(state, bs, signals)]
+
+
+def feed_timed(state: CameraState, bs: list[TrackBatch], signals: Any) -> list[tuple[float, Any]]:
+    """Frames and batches in time order; each judgement with the time (s after T0) of the
+    batch after which it came out."""
     judged = []
-    for k, b in enumerate(bs):
-        state.add_frame(b.captured_at.timestamp(), tiny_jpeg(k))
+    for b in bs:
+        t = b.captured_at.timestamp()
+        state.add_frame(t, tiny_jpeg(b.frame_seq))
         state.add_batch(b)
-        if ticks:
-            state.tick(signals)
-        judged += state.expire(signals).judged
+        judged += [(round(t - T0, 3), j) for j in state.expire(signals).judged]
     return judged
 
 
-def test_red_light_runner_judged_with_evidence(tmp_path: Path) -> None:
+@pytest.mark.parametrize("judge_open", [True, False])
+def test_red_light_runner_judged_with_evidence(tmp_path: Path, judge_open: bool) -> None:
     signals = cycle(green_until=0.0)  # amber at T0, red from T0 + 3
     runner = straight(5.0, -40.0, 0.0, 10.0, 4.0, t0=T0 + 2, track_id=7)  # line at T0 + 5
-    state = CameraState(CAL, StateConfig(track_idle_s=3.0))
-    judged = feed(state, batches([runner], until=12.0), signals)
-    assert [j.violation.kind for j in judged] == [ViolationKind.red_light]
-    ev = judged[0].evidence
-    v = judged[0].violation
+    state = CameraState(CAL, StateConfig(track_idle_s=3.0, judge_open=judge_open))
+    timed = feed_timed(state, batches([runner], until=12.0), signals)
+    assert [j.violation.kind for _, j in timed] == [ViolationKind.red_light]
+    at, judged = timed[0]
+    ev, v = judged.evidence, judged.violation
     assert v.t == pytest.approx(T0 + 5.0, abs=0.11) and v.track_id == 7
+    committed = float(v.details["committed_t"]) - T0
+    assert committed == pytest.approx(5.2, abs=0.11)
+    if judge_open:  # while the runner is in view (until T0 + 6), once the signal lag passed
+        assert committed + state.config.signal_lag_s - 0.01 <= at <= committed + 0.5 + 0.2
+    else:  # once the track has ended (unseen for track_idle_s)
+        assert at > 6.0 + 3.0
     assert len(ev.frames_before) == 3 and len(ev.frames_after) == 3
     assert all(abs(f.t - v.t) <= 0.31 for f in [*ev.frames_before, *ev.frames_after])
     assert ev.crop is not None and ev.crop[:2] == b"\xff\xd8"
@@ -284,20 +301,72 @@ def test_red_light_runner_judged_with_evidence(tmp_path: Path) -> None:
     assert not state.open  # judged and forgotten
 
 
-def test_long_stop_keeps_evidence_frames_through_snapshots() -> None:
+@pytest.mark.parametrize("judge_open", [True, False])
+def test_long_stop_has_its_evidence_frames(judge_open: bool) -> None:
+    """Reported when the dwell passes the limit, with the frames around that moment; or,
+    judged when the vehicle has left, with the frames kept for it then (the ring holds 5 s)."""
     stopped = [(T0 + k / 10, -3.0, -30.0) for k in range(500)]  # 50 s in the no-stopping zone
     leaving = [(T0 + 50 + k / 10, -3.0, -30.0 - k) for k in range(1, 15)]
     track = TrackHistory.from_points(stopped + leaving, VehicleClass.car, track_id=3)
-    for ticks, near in ((True, True), (False, False)):
-        state = CameraState(CAL, StateConfig(frame_buffer_s=5.0))
-        judged = feed(state, batches([track], until=56.0), cycle(100.0), ticks=ticks)
-        assert [j.violation.kind for j in judged] == [ViolationKind.illegal_stop]
-        v, ev = judged[0].violation, judged[0].evidence
-        assert v.t == pytest.approx(T0 + 30.0)
-        frames = [*ev.frames_before, *ev.frames_after]
-        close = [f for f in frames if abs(f.t - v.t) <= 1.0]
-        # with snapshots: 3 frames each side of the moment; without: only later frames
-        assert len(close) == (6 if near else 0) and len(frames) == (6 if near else 3)
+    state = CameraState(CAL, StateConfig(frame_buffer_s=5.0, judge_open=judge_open))
+    timed = feed_timed(state, batches([track], until=56.0), cycle(100.0))
+    assert [j.violation.kind for _, j in timed] == [ViolationKind.illegal_stop]
+    at, judged = timed[0]
+    v, ev = judged.violation, judged.evidence
+    assert v.t == pytest.approx(T0 + 30.0)
+    assert at == pytest.approx(30.4 if judge_open else 51.4 + 3.1, abs=0.11)  # left at 51.4
+    frames = [*ev.frames_before, *ev.frames_after]
+    assert len(frames) == 6 and all(abs(f.t - v.t) <= 0.31 for f in frames)
+
+
+def test_open_judgement_waits_for_a_settled_class() -> None:
+    """A bus in the bus lane whose class vote flips at first: while the vote is young the
+    finding on the open track is not reported, and the whole track (a bus) is no violation.
+    Judged on every vote (no wait), it would have been reported as a car."""
+
+    def votes(t: float) -> VehicleClass:
+        car = t < 0.6 or 1.0 <= t < 1.8
+        return VehicleClass.car if car else VehicleClass.bus
+
+    bus = straight(1.5, -59.0, 0.0, 10.0, 4.5, cls=VehicleClass.bus, track_id=4)
+    bs = batches([bus], until=9.0, class_at=votes)
+    assert feed(CameraState(CAL), bs, cycle(100.0)) == []
+    eager = feed(
+        CameraState(CAL, StateConfig(class_settled_s=0.0, class_settled_share=0.0)),
+        bs,
+        cycle(100.0),
+    )
+    assert [(j.violation.kind, j.violation.vehicle_class) for j in eager] == [
+        (ViolationKind.bus_lane, VehicleClass.car)
+    ]
+
+
+def test_speed_burst_at_a_tracks_start_is_not_reported_early() -> None:
+    """20 m/s for its first second, then 10 m/s: the median of the first few windows is over
+    the limit (55 km/h), the median of 9 never is; so neither the open track nor the whole
+    one is a speeder."""
+    fast = [(k / 10, 5.0, -60.0 + 2.0 * k) for k in range(11)]
+    slow = [(1.0 + k / 10, 5.0, -40.0 + 1.0 * k) for k in range(1, 60)]
+    track = TrackHistory.from_points([(T0 + t, x, y) for t, x, y in fast + slow], track_id=5)
+    assert feed(CameraState(CAL), batches([track], until=10.0), cycle(100.0)) == []
+
+
+def test_open_judgement_is_the_same_in_a_replay() -> None:
+    """A replay that starts later (after a crash) finds the same violations on the same
+    parts of the tracks, so they get the same ids: the sink keeps one of each."""
+    speeder = straight(5.0, -60.0, 0.0, 20.0, 3.0, t0=T0 + 4, track_id=8)  # 72 km/h
+    stop = [(T0 + 1 + k / 10, -3.0, -30.0) for k in range(340)]  # 34 s stopped
+    stopper = TrackHistory.from_points(stop, VehicleClass.car, track_id=9)
+    bs = batches([speeder, stopper], until=40.0)
+    first = feed_timed(CameraState(CAL), bs, cycle(100.0))
+    kinds = {ViolationKind.speeding: 7.0, ViolationKind.illegal_stop: 31.0}
+    assert sorted(j.violation.kind for _, j in first) == sorted(kinds)
+    for at, j in first:  # each while its vehicle was in view
+        assert at < kinds[j.violation.kind] + 0.6
+    replay = feed_timed(CameraState(CAL), bs[7:], cycle(100.0))  # from T0 + 0.7
+    assert [j.violation.violation_id for _, j in replay] == [
+        j.violation.violation_id for _, j in first
+    ]
 
 
 def test_restored_judged_tracks_are_not_judged_again() -> None:

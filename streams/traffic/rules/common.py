@@ -22,7 +22,11 @@ Details = dict[str, float | int | str]
 
 @dataclass(frozen=True)
 class RuleViolation:
-    """A rule's finding, before evidence is attached (see :meth:`to_message`)."""
+    """A rule's finding, before evidence is attached (see :meth:`to_message`).
+
+    ``settled``: more of the track cannot undo it (what the rule found on this part of a
+    track stays true of the whole track), so it may be reported while the track is open.
+    """
 
     kind: ViolationKind
     camera_id: str
@@ -32,6 +36,7 @@ class RuleViolation:
     confidence: float
     ground_xy: tuple[float, float]
     details: Details = field(default_factory=dict)
+    settled: bool = True
 
     @property
     def occurred_at(self) -> datetime:

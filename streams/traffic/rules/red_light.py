@@ -98,6 +98,8 @@ def red_light(
                             "red_onset_t": round(state[1], 3),
                             "time_into_red_s": round(into_red, 3),
                             "crossing_speed_kmh": round(speed, 2),
+                            # seen commit_m past the line (still red) at this time
+                            "committed_t": round(float(tr.t[k]), 3),
                         },
                     )
                 )

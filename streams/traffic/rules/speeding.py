@@ -42,22 +42,23 @@ def measured_speed_kmh(
     min_length_m: float = 20.0,
     smooth_windows: int = 9,
     within: npt.NDArray[np.bool_] | None = None,
-) -> tuple[float, int]:
+) -> tuple[float, int, int]:
     """The track's speed (km/h): the highest running median (over ``smooth_windows``
-    consecutive windows) of its windowed speeds, and the start index of the window at the
-    middle of that run (-1: the track never spans one window).  ``within``: only these
-    points are measured (the enforcement section)."""
+    consecutive windows, or all of them if fewer) of its windowed speeds, the start index of
+    the window at the middle of that run (-1: the track never spans one window), and how
+    many windows the median took.  ``within``: only these points are measured (the
+    enforcement section)."""
     idx = np.arange(len(track)) if within is None else np.flatnonzero(within)
     v = window_speeds(track.t[idx], track.xy[idx], min_length_m)
     good = ~np.isnan(v)
     if not good.any():
-        return 0.0, -1
+        return 0.0, -1, 0
     vv, ok = v[good], idx[good]
     k = max(1, min(smooth_windows, len(vv)))
     runs = np.lib.stride_tricks.sliding_window_view(vv, k)
     smooth = np.median(runs, axis=1)
     j = int(np.argmax(smooth))
-    return float(smooth[j] * MPS_TO_KMH), int(ok[j + k // 2])
+    return float(smooth[j] * MPS_TO_KMH), int(ok[j + k // 2]), k
 
 
 def speeding(
@@ -77,7 +78,7 @@ def speeding(
             within = np.zeros(len(tr), dtype=bool)
             for zone in zones:
                 within |= points_in_polygon(tr.xy, zone.poly)
-        speed, i = measured_speed_kmh(tr, params.min_length_m, params.smooth_windows, within)
+        speed, i, k = measured_speed_kmh(tr, params.min_length_m, params.smooth_windows, within)
         limit = calibration.speed_limit_for(tr.vehicle_class)
         threshold = limit + params.tolerance_kmh
         if i < 0 or speed <= threshold:
@@ -98,6 +99,8 @@ def speeding(
                     "tolerance_kmh": params.tolerance_kmh,
                     "measured_over_m": params.min_length_m,
                 },
+                # a median of fewer windows (a short track so far) may not survive more
+                settled=k >= params.smooth_windows,
             )
         )
     return out
