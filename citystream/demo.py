@@ -52,7 +52,8 @@ STREET_STEP_DEG = 0.003
 
 
 def intersection_workers(n: int, fps: float) -> list[Any]:
-    """One supervised ``citystream sim intersection`` per junction of the demo street."""
+    """One supervised ``citystream sim intersection`` per junction of the demo street; the
+    junctions are one corridor (vehicles drive from one to the next)."""
     from citystream.stack import workers
 
     out = []
@@ -78,6 +79,9 @@ def intersection_workers(n: int, fps: float) -> list[Any]:
                     str(fps),
                     "--speed",
                     "1",
+                    # one street: each junction's east/west arms lead to its neighbours
+                    *(("--neighbour", f"W=int-{k}") if k > 0 else ()),
+                    *(("--neighbour", f"E=int-{k + 2}") if k < n - 1 else ()),
                 ),
             )
         )

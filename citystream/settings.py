@@ -215,6 +215,13 @@ class TrafficSettings(_Frozen):
         description="Report a violation as soon as more of the track cannot undo it, while "
         "the vehicle is in view (false: only once its track has ended)",
     )
+    judge_every_s: float = Field(
+        0.2,
+        ge=0.05,
+        le=10,
+        description="Event-time step at which open tracks are judged: what a violation may "
+        "wait before it is reported, against the rules' CPU (every rule on every open track)",
+    )
     signal_lag_s: float = Field(
         0.5,
         ge=0,

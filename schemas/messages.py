@@ -176,6 +176,19 @@ class SignalPhaseChange(Message):
     program_id: str = Field("default", min_length=1, max_length=64)
 
 
+class VehicleHandoff(Message):
+    """A simulated vehicle leaving one junction of a corridor for the next (``sim.handoffs``):
+    it enters ``to_intersection`` by ``arm`` (the arm facing ``from_intersection``)."""
+
+    vehicle_ref: Ident = Field(description="Unique per vehicle and hop: a repeat is ignored")
+    from_intersection: Ident
+    to_intersection: Ident
+    arm: Literal["N", "E", "S", "W"]
+    vehicle_class: VehicleClass
+    speed_mps: float = Field(ge=0, le=60)
+    left_at: EventTime
+
+
 class PhaseTiming(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -314,6 +327,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     "lane_count": LaneCount,
     "signal_phase_change": SignalPhaseChange,
     "signal_plan": SignalPlan,
+    "vehicle_handoff": VehicleHandoff,
     "signal_recommendation": SignalRecommendation,
     "meter_reading": MeterReading,
     "meter_batch": MeterBatch,

@@ -121,6 +121,17 @@ TOPICS: dict[str, Topic] = {
             "signal_recommendation",
             "Signal timing advice from measured flows",
         ),
+        Topic(
+            "sim.handoffs",
+            "to_intersection",
+            1,
+            DAY_MS,
+            "vehicle_handoff",
+            JsonCodec(m.VehicleHandoff),
+            "Simulated vehicles driving from one junction of a corridor to the next "
+            "(between simulator processes)",
+            internal=True,
+        ),
         _json(
             "meter.readings",
             "gateway_id",

@@ -28,7 +28,7 @@ from citystream.errors import CityStreamError, ConfigError
 from edge.camera.processing import FramePacer, Image
 
 if TYPE_CHECKING:
-    from schemas.messages import SignalPhaseChange, SignalPlan
+    from schemas.messages import SignalPhaseChange, SignalPlan, VehicleHandoff
     from simulators.intersection.render import GroundTruthObject, Renderer
     from simulators.intersection.sim import IntersectionSim, SimStep
 
@@ -196,6 +196,9 @@ class SimFrame:
     objects: list[GroundTruthObject]  # what the camera sees in this frame
     phase_changes: list[SignalPhaseChange]
     plan_switches: list[PlanSwitch] = field(default_factory=list)
+    #: vehicles handed over by a neighbouring junction, admitted before these steps
+    #: (a repeated handover is not)
+    admitted: list[VehicleHandoff] = field(default_factory=list)
 
     @property
     def step(self) -> SimStep:
@@ -208,9 +211,10 @@ class SimulatorSource:
     ``warmup_s`` simulated seconds run at :meth:`open` without a frame (the junction fills
     up; see :meth:`IntersectionSim.warm_up`): the first frame comes from the step after
     them, and ``media_t`` counts from the end of the warm-up.  ``duration_s`` (after the
-    warm-up) None runs forever.  :meth:`request_plan` may be called from any thread; the plan
-    is installed before the next simulation step (libsumo stays on the thread that calls
-    :meth:`read`).
+    warm-up) None runs forever.  :meth:`request_plan` and :meth:`request_admission` may be
+    called from any thread; the plan is installed, and the vehicle handed over by a
+    neighbouring junction enters, before the next simulation step (libsumo stays on the
+    thread that calls :meth:`read`).
     """
 
     kind: SourceKind = "sim"
@@ -243,6 +247,7 @@ class SimulatorSource:
         self.name = f"simulator {sim.config.intersection_id} (seed {sim.config.seed})"
         self._pacer = FramePacer(fps, speed=0)
         self._plans: list[SignalPlan] = []
+        self._arrivals: list[VehicleHandoff] = []
         self._lock = threading.Lock()
         self._plan_started = 0.0
         self._opened = False
@@ -259,6 +264,20 @@ class SimulatorSource:
     def request_plan(self, plan: SignalPlan) -> None:
         with self._lock:
             self._plans.append(plan)
+
+    def request_admission(self, handoff: VehicleHandoff) -> None:
+        """A vehicle from a neighbouring junction, to enter before the next step."""
+        with self._lock:
+            self._arrivals.append(handoff)
+
+    def _admit_pending(self) -> list[VehicleHandoff]:
+        with self._lock:
+            arrivals, self._arrivals = self._arrivals, []
+        return [
+            h
+            for h in arrivals
+            if self.sim.admit(h.vehicle_ref, h.arm, h.vehicle_class, h.speed_mps)
+        ]
 
     def _apply_pending(self) -> list[PlanSwitch]:
         with self._lock:
@@ -281,6 +300,7 @@ class SimulatorSource:
     def read(self) -> CapturedFrame | None:
         self.open()
         switches = self._apply_pending()
+        admitted = self._admit_pending()
         steps: list[SimStep] = []
         changes: list[SignalPhaseChange] = []
         step_s = self.sim.config.step_s
@@ -299,7 +319,9 @@ class SimulatorSource:
         img, objects = self.renderer.render(step)
         at = datetime.fromtimestamp(step.t, UTC)
         media_t = step.sim_time - self.warmup_s
-        return CapturedFrame(img, media_t, at, SimFrame(steps, objects, changes, switches))
+        return CapturedFrame(
+            img, media_t, at, SimFrame(steps, objects, changes, switches, admitted)
+        )
 
     def close(self) -> None:
         if self._opened:

@@ -28,7 +28,8 @@ DESCRIPTION = (
     "city/<city>/signals/<id>/plan installed in SUMO and announced on .../plan-applied. "
     "Registers the intersection and camera (with its calibration) in the database. Writes "
     "ground truth (violations, per-frame objects, per-lane per-minute counts) and captures "
-    "on request. Deterministic by seed."
+    "on request. Deterministic by seed (alone; a corridor's junctions exchange vehicles in "
+    "real time)."
 )
 
 EXAMPLES = """examples:
@@ -40,6 +41,9 @@ EXAMPLES = """examples:
   # 90 s of traffic first, so the junction is busy from the first frame on
   citystream sim intersection --duration 300 --speed 0 --no-publish --no-register \\
       --capture int-1.cap --start 2026-01-05T07:00:00+07:00 --warmup 90
+  # a corridor: two junctions 300 m apart, vehicles drive from one to the other
+  citystream sim intersection --intersection-id int-1 --neighbour E=int-2
+  citystream sim intersection --intersection-id int-2 --neighbour W=int-1 --seed 2
   # dusk, more violators, 1280 px frames, metrics on :9120
   citystream sim intersection --lighting dusk --violators 3 --width 1280 --metrics-port 9120
 """
@@ -132,6 +136,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lighting", choices=["day", "dusk", "night"], default="day")
     parser.add_argument(
+        "--neighbour",
+        action="append",
+        default=[],
+        metavar="ARM=ID",
+        help="a neighbouring junction of a corridor on arm N, E, S or W (repeat for more): "
+        "vehicles leaving by that arm drive on to it (Kafka sim.handoffs), and that arm's "
+        "traffic comes from it instead of this junction's own demand; run both at --speed 1",
+    )
+    parser.add_argument(
         "--blur",
         action="append",
         default=[],
@@ -176,6 +189,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from edge.camera.agent import parse_blur
+    from simulators.intersection.corridor import parse_neighbours
     from simulators.intersection.reference import Placement
     from simulators.intersection.service import (
         IntersectionService,
@@ -218,6 +232,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             progress_interval_s=args.progress_interval,
             delay_report_s=args.delay_report,
             outcome_after_s=args.outcome_after,
+            neighbours=tuple(parse_neighbours(args.neighbour).items()),
         )
         service = IntersectionService(config, settings)
     except ValueError as exc:

@@ -34,6 +34,8 @@ import logging
 import math
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,11 +50,12 @@ from edge.camera.processing import Polygon
 from edge.camera.publisher import KafkaFramePublisher
 from edge.camera.sources import PlanSwitch, SimFrame, SimulatorSource
 from schemas.codecs import JsonCodec, dead_letter
-from schemas.messages import Alert, Severity, SignalPhaseChange, SignalPlan
+from schemas.messages import Alert, Severity, SignalPhaseChange, SignalPlan, VehicleHandoff
 from schemas.topics import DEAD_LETTER_CODEC, TOPICS
 from simulators.intersection.calibration import build_calibration
 from simulators.intersection.camera import VirtualCamera
 from simulators.intersection.controller import SignalController, check_plan
+from simulators.intersection.corridor import HANDOFFS, HandoffFeed, handoff_for
 from simulators.intersection.reference import Placement, register_reference
 from simulators.intersection.render import RenderConfig, Renderer
 from simulators.intersection.sim import IntersectionSim, ScenarioConfig, ViolatorRates
@@ -162,6 +165,8 @@ class ServiceConfig:
     #: simulated seconds under a newly installed plan before its measured delay is reported
     outcome_after_s: float = 300.0
     workdir: Path | None = None
+    #: arm -> neighbouring junction of a corridor (see :mod:`simulators.intersection.corridor`)
+    neighbours: tuple[tuple[str, str], ...] = ()
 
 
 class IntersectionService:
@@ -182,6 +187,7 @@ class IntersectionService:
             start=cfg.start - timedelta(seconds=cfg.warmup_s),
             violators=cfg.violators,
             workdir=cfg.workdir,
+            fed_arms=frozenset(arm for arm, _ in cfg.neighbours),
         )
         if cfg.demand_veh_h is not None:
             scenario = replace(scenario, demand_veh_h=scaled_demand(cfg.demand_veh_h))
@@ -209,6 +215,21 @@ class IntersectionService:
         self.plans_dead_lettered = r.counter(
             "plans_dead_lettered_total", "Refused plans written to signal.plans.dlq"
         )
+        self.handoffs_sent = r.counter(
+            "handoffs_sent_total", "Vehicles handed to a neighbouring junction", ("to",)
+        )
+        self.handoffs_failed = r.counter(
+            "handoffs_failed_total", "Vehicles not handed over: Kafka refused them", ("to",)
+        )
+        self.handoffs_admitted = r.counter(
+            "handoffs_admitted_total", "Vehicles from a neighbouring junction admitted", ("arm",)
+        )
+        self.handoffs_dead_lettered = r.counter(
+            "handoffs_dead_lettered_total", "Refused handoffs written to sim.handoffs.dlq"
+        )
+        self.neighbours = dict(cfg.neighbours)
+        self.handoff_feed: HandoffFeed | None = None
+        self._run_id = uuid.uuid4().hex[:12]
         self.controller: SignalController | None = None
         self.publisher: KafkaFramePublisher | None = None
         self.truth: TruthWriter | None = None
@@ -287,6 +308,17 @@ class IntersectionService:
                 on_invalid=self._dead_letter,
             )
             self.controller.start()
+            if self.neighbours:
+                self.handoff_feed = HandoffFeed(
+                    self.settings.kafka.bootstrap,
+                    cfg.intersection_id,
+                    self.neighbours,
+                    on_handoff=self.source.request_admission,
+                    on_invalid=self._dead_letter_handoff,
+                )
+                self.handoff_feed.start()
+        elif self.neighbours:
+            log.warning("--no-publish: the corridor's neighbours are not connected")
         self.agent = CameraAgent(
             CameraConfig(
                 camera_id=cfg.camera_id,
@@ -331,6 +363,8 @@ class IntersectionService:
             self.capture.close()
         if self.controller is not None:
             self.controller.stop()
+        if self.handoff_feed is not None:
+            self.handoff_feed.stop()
         sim_s = self.sim_time.value
         frames = self.frames_rendered.value
         log.info(
@@ -367,6 +401,7 @@ class IntersectionService:
                 self.controller.publish_phase(change)
             if self.capture is not None:
                 self.capture.phase(change)
+        self._handoffs(sf)
         if self.truth is not None:
             self.truth.write_many(phase_record(c) for c in sf.phase_changes)
             self.truth.steps(sf.steps, sim.truth)
@@ -449,30 +484,76 @@ class IntersectionService:
         if self.truth is not None:
             self.truth.write({"kind": "plan_outcome", **alert.model_dump(mode="json")})
 
+    def _handoffs(self, sf: SimFrame) -> None:
+        """Vehicles admitted from neighbours, and those leaving toward one -> ``sim.handoffs``."""
+        for came in sf.admitted:
+            self.handoffs_admitted.labels(came.arm).inc()
+            if self.truth is not None:
+                self.truth.write({"kind": "handoff_in", **came.model_dump(mode="json")})
+        if not self.neighbours or self.publisher is None:
+            return
+        iid = self.config.intersection_id
+        for step in sf.steps:
+            for exit_ in step.exits:
+                h = handoff_for(exit_, iid, self.neighbours, self._run_id, step.t)
+                if h is None:
+                    continue
+                done = self._sent(h)
+                try:
+                    self.publisher.send_other(
+                        HANDOFFS.name, HANDOFFS.key_of(h), HANDOFFS.codec.encode(h), done
+                    )
+                except Exception as err:  # Kafka away: counted and logged, never fatal
+                    done(err)
+                if self.truth is not None:
+                    self.truth.write({"kind": "handoff_out", **h.model_dump(mode="json")})
+
+    def _sent(self, h: VehicleHandoff) -> Callable[[BaseException | None], None]:
+        def done(err: BaseException | None) -> None:
+            if err is None:
+                self.handoffs_sent.labels(h.to_intersection).inc()
+            else:
+                self.handoffs_failed.labels(h.to_intersection).inc()
+                log.warning("handoff %s to %s not sent: %r", h.vehicle_ref, h.to_intersection, err)
+
+        return done
+
     def _dead_letter(self, mqtt_topic: str, payload: bytes, exc: Exception) -> None:
         """A refused plan -> ``signal.plans.dlq`` with the reason (paho's thread)."""
+        dlq = TOPICS["signal.plans"].dlq
+        self._send_dead_letter(dlq, mqtt_topic, payload, exc, self.plans_dead_lettered)
+
+    def _dead_letter_handoff(self, payload: bytes, exc: Exception) -> None:
+        """A refused handoff -> ``sim.handoffs.dlq`` with the reason (the feed's thread)."""
+        log.warning("handoff refused: %s", exc)
+        self._send_dead_letter(
+            HANDOFFS.dlq, HANDOFFS.name, payload, exc, self.handoffs_dead_lettered
+        )
+
+    def _send_dead_letter(
+        self, dlq: str, source: str, payload: bytes, exc: Exception, counter: Any
+    ) -> None:
         if self.publisher is None:
             return
         iid = self.config.intersection_id.encode()
         record = dead_letter(
-            source_topic=mqtt_topic[:249],
+            source_topic=source[:249],
             payload=payload,
             error=exc,
-            stage="sim-intersection-controller",
+            stage="sim-intersection",
             key=iid,
         )
-        dlq = TOPICS["signal.plans"].dlq
 
         def done(err: BaseException | None) -> None:
             if err is None:
-                self.plans_dead_lettered.inc()
+                counter.inc()
             else:
-                log.warning("refused plan not written to %s: %r", dlq, err)
+                log.warning("refused record not written to %s: %r", dlq, err)
 
         try:
             self.publisher.send_other(dlq, iid, DEAD_LETTER_CODEC.encode(record), done)
         except Exception as err:  # not connected yet, buffer full: logged, never fatal
-            log.warning("refused plan not written to %s: %s", dlq, err)
+            log.warning("refused record not written to %s: %s", dlq, err)
 
     def _on_progress(self) -> None:
         log.info(

@@ -84,6 +84,9 @@ class ScenarioConfig:
     bus_lane_min_m: float = 15.0
     wrong_way_min_m: float = 8.0
     workdir: Path | None = None
+    #: arms whose incoming traffic comes from a neighbouring junction of a corridor
+    #: (:meth:`IntersectionSim.admit`) instead of this junction's own demand
+    fed_arms: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -113,12 +116,23 @@ class VehicleState:
 
 
 @dataclass(frozen=True)
+class Exit:
+    """A vehicle that left the network at the far end of ``arm``'s outgoing edge."""
+
+    vehicle_id: str
+    arm: str
+    vehicle_class: VehicleClass
+    speed_mps: float
+
+
+@dataclass(frozen=True)
 class SimStep:
     sim_time: float
     t: float  # epoch seconds
     vehicles: list[VehicleState]
     signals: dict[str, SignalState]
     phase_changes: list[SignalPhaseChange]
+    exits: list[Exit] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -190,6 +204,11 @@ class IntersectionSim:
         self._next_track = itertools.count(1)
         self._groups: dict[str, SignalState] = {}
         self._last: dict[str, tuple[str, float, float, float]] = {}  # lane, x, y, speed
+        self._classes: dict[str, VehicleClass] = {}  # vehicle id -> class, while in the net
+        #: vehicles handed over by a neighbour: their own stream of turn choices, so the
+        #: junction's demand and injections stay as they are without them
+        self._admit_rng = np.random.default_rng([cfg.seed, 1])
+        self.admitted: set[str] = set()
         self._vt: dict[str, tuple[float, float]] = {}
         self._flags: dict[str, dict[str, float]] = {}
         self._wrongway: dict[str, float] = {}  # id -> start y
@@ -216,6 +235,8 @@ class IntersectionSim:
                 lines.append(f'  <route id="{arm}_{mv}" edges="{arm}_in {dest}_out"/>')
         shares = dict(zip(("through", "left", "right"), cfg.turn_shares, strict=True))
         for arm, vph in cfg.demand_veh_h:
+            if arm in cfg.fed_arms:
+                continue  # a neighbour's exits feed it
             for mv, share in shares.items():
                 rate = vph * share / 3600.0
                 if rate > 0:
@@ -343,8 +364,7 @@ class IntersectionSim:
         for vid in libsumo.simulation.getDepartedIDList():
             libsumo.vehicle.subscribe(vid, vars_)
             self.depart[vid] = now
-        for vid in libsumo.simulation.getArrivedIDList():
-            self._finish(vid)
+        exits = [e for vid in libsumo.simulation.getArrivedIDList() if (e := self._finish(vid))]
         self._move_wrongway(now)
         state = libsumo.trafficlight.getRedYellowGreenState(TLS)
         groups = group_states(state, self.links)
@@ -370,7 +390,7 @@ class IntersectionSim:
             vtype = r[tc.VAR_TYPE]
             self.time_loss[vid] = r[tc.VAR_TIMELOSS]
             cls_name = vtype.removeprefix("mix_").split("_")[0]
-            cls = VehicleClass(cls_name)
+            cls = self._classes[vid] = VehicleClass(cls_name)
             if vtype not in self._vt:
                 self._vt[vtype] = (
                     libsumo.vehicletype.getLength(vtype),
@@ -399,7 +419,7 @@ class IntersectionSim:
                     self.injected.get(vid),
                 )
             )
-        return SimStep(now, self.epoch(now), vehicles, dict(groups), changes)
+        return SimStep(now, self.epoch(now), vehicles, dict(groups), changes, exits)
 
     def _via_index(self) -> dict[str, int]:
         if not hasattr(self, "_via"):
@@ -412,10 +432,45 @@ class IntersectionSim:
             }
         return self._via
 
-    def _finish(self, vid: str) -> None:
+    def _finish(self, vid: str) -> Exit | None:
+        """Forget an arrived vehicle; where it left by an outgoing edge, how."""
         self.arrived.add(vid)
-        self._last.pop(vid, None)
+        last = self._last.pop(vid, None)
+        cls = self._classes.pop(vid, None)
         self._flags.pop(vid, None)
+        if last is None or cls is None or vid in self._wrongway:
+            return None
+        edge = last[0].rsplit("_", 1)[0]
+        if not edge.endswith("_out"):
+            return None
+        return Exit(vid, edge.removesuffix("_out"), cls, last[3])
+
+    def admit(self, vehicle_id: str, arm: str, cls: VehicleClass, speed_mps: float) -> bool:
+        """A vehicle from a neighbouring junction enters by ``arm`` now, on a movement drawn
+        from the turn shares.  False when the id is already in use (a repeated handover)."""
+        import libsumo
+
+        if arm not in TURNS:
+            raise ValueError(f"unknown arm {arm!r}; one of {sorted(TURNS)}")
+        if vehicle_id in self.admitted:
+            return False
+        self.admitted.add(vehicle_id)
+        movement = self._admit_rng.choice(["through", "left", "right"], p=self._shares())
+        types = {name for name, _ in self.config.mix}
+        vtype = f"mix_{cls}" if str(cls) in types else "mix"
+        limit = self.config.network.speed_limit_kmh / 3.6
+        libsumo.vehicle.add(
+            vehicle_id,
+            f"{arm}_{movement}",
+            typeID=vtype,
+            departLane="best",
+            departSpeed=f"{min(max(speed_mps, 0.0), limit):.2f}",
+        )
+        return True
+
+    def _shares(self) -> list[float]:
+        shares = np.asarray(self.config.turn_shares, dtype=float)
+        return list(shares / shares.sum())
 
     # --- ground truth --------------------------------------------------------------------
     def _emit(

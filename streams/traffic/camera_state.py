@@ -177,6 +177,7 @@ class CameraState:
         #: settled findings on open tracks, to be reported (see :meth:`_report_due`)
         self._due: dict[tuple[int, ViolationKind], RuleViolation] = {}
         self._judged_step = -math.inf
+        self._judged_len: dict[int, int] = {}  # open track -> its points when last judged
         # the tail of a cut track covers the longest dwell limit (a stop that began before
         # the cut is judged as without it), and a track lives at least two tails
         dwell = max((z.max_dwell_s for z in cal.zones_of("no_stopping")), default=0.0)
@@ -287,7 +288,12 @@ class CameraState:
         by the time the track ends (a vehicle stopped for a minute)."""
         cfg = self.config
         n = cfg.frames_each_side
-        for v in evaluate_all(self.store.histories(), self.calibration, signals):
+        # a track without new points since the last time finds what it found then
+        grown = [h for h in self.store.histories() if self._judged_len.get(h.track_id) != len(h)]
+        self._judged_len = {k: v for k, v in self._judged_len.items() if k in self.open} | {
+            h.track_id: len(h) for h in grown
+        }
+        for v in evaluate_all(grown, self.calibration, signals):
             key = (v.track_id, v.kind)
             if key in self._due or v.kind in self.fired.get(v.track_id, (0.0, frozenset()))[1]:
                 continue

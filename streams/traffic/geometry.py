@@ -20,7 +20,8 @@ def points_in_polygon(points: FloatArray, polygon: FloatArray) -> BoolArray:
     poly = as_points(polygon)
     x, y = pts[:, 0:1], pts[:, 1:2]
     x1, y1 = poly[:, 0], poly[:, 1]
-    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
+    nxt = np.concatenate((poly[1:], poly[:1]))  # each vertex's successor (np.roll, cheaper)
+    x2, y2 = nxt[:, 0], nxt[:, 1]
     straddles = (y1 > y) != (y2 > y)
     with np.errstate(divide="ignore", invalid="ignore"):
         x_cross = x1 + (y - y1) * (x2 - x1) / (y2 - y1)

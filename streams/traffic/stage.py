@@ -96,6 +96,7 @@ class TrafficStage(ConsumerLoop):
             track_max_age_s=ts.track_max_age_s,
             track_tail_s=ts.track_tail_s,
             judge_open=ts.judge_open,
+            judge_every_s=ts.judge_every_s,
             signal_lag_s=ts.signal_lag_s,
         )
         self.idle_flush_s = idle_flush_s

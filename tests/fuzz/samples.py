@@ -72,6 +72,15 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "changed_at": T,
     },
     "signal_plan": PLAN,
+    "vehicle_handoff": {
+        "vehicle_ref": "h.int-1.f_W_through.7",
+        "from_intersection": "int-1",
+        "to_intersection": "int-2",
+        "arm": "W",
+        "vehicle_class": "motorbike",
+        "speed_mps": 11.5,
+        "left_at": T,
+    },
     "signal_recommendation": {
         "intersection_id": "int-1",
         "issued_at": T,

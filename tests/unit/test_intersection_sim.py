@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("libsumo")
 cv2 = pytest.importorskip("cv2")
 
-from schemas.messages import SignalState  # noqa: E402
+from schemas.messages import SignalState, VehicleClass  # noqa: E402
 from simulators.intersection.calibration import build_calibration  # noqa: E402
 from simulators.intersection.camera import VirtualCamera  # noqa: E402
 from simulators.intersection.plan import default_plan  # noqa: E402
@@ -88,3 +88,31 @@ def test_calibration_and_render_agree(workdir: Path) -> None:
         assert 0 <= x1 <= x2 < 640 and 0 <= y1 <= y2 < 360
     jpeg = renderer.encode(img)
     assert jpeg[:2] == b"\xff\xd8"
+
+
+def test_a_fed_arm_takes_its_traffic_from_admissions(workdir: Path) -> None:
+    """The west arm fed by a neighbour: no own demand on it, admitted vehicles drive in on
+    it (a repeated handover once), and vehicles leaving by an outgoing edge are reported
+    with the arm, their class and speed, for the next junction."""
+    cfg = ScenarioConfig(
+        seed=4, workdir=workdir, violators=ViolatorRates(0, 0, 0, 0, 0), fed_arms=frozenset("W")
+    )
+    with IntersectionSim(cfg) as sim:
+        classes = ["motorbike", "car", "bus", "truck", "motorbike"]
+        admitted = [
+            sim.admit(f"h.int-0.{k}", "W", VehicleClass(c), 12.0) for k, c in enumerate(classes)
+        ]
+        again = sim.admit("h.int-0.0", "W", VehicleClass.motorbike, 12.0)
+        seen_on_w: set[str] = set()
+        exits = []
+        for step in sim.run(150):
+            seen_on_w |= {v.vehicle_id for v in step.vehicles if v.lane_id.startswith("W_in")}
+            exits += step.exits
+    assert admitted == [True] * 5 and again is False
+    assert seen_on_w == {f"h.int-0.{k}" for k in range(5)}  # and nobody else
+    arms = Counter(e.arm for e in exits)
+    assert set(arms) <= {"N", "E", "S", "W"} and arms["E"] > 0 and arms["N"] > 0
+    left = {e.vehicle_id: e for e in exits if e.vehicle_id.startswith("h.")}
+    assert len(left) == 5  # all of them drove through and left
+    assert {str(e.vehicle_class) for e in left.values()} == {"motorbike", "car", "bus", "truck"}
+    assert all(0 < e.speed_mps < 20 for e in exits)

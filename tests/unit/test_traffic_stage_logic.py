@@ -351,6 +351,23 @@ def test_speed_burst_at_a_tracks_start_is_not_reported_early() -> None:
     assert feed(CameraState(CAL), batches([track], until=10.0), cycle(100.0)) == []
 
 
+def test_a_speeder_is_reported_once_it_has_left_a_short_enforcement_section() -> None:
+    """A 35 m section holds fewer than 9 windows of 20 m at 72 km/h: the median of the ones
+    it holds is the measurement, final once the vehicle has left the section (while it is
+    still in view); on a track still inside, it would not be."""
+    zones = [
+        *CAL_DOC["zones"],
+        {"zone_id": "S_speed", "kind": "speed", "polygon": rect(3.5, -45, 7, -10)},
+    ]
+    cal = make_calibration(zones=zones)
+    speeder = straight(5.0, -60.0, 0.0, 20.0, 5.0, track_id=6)  # leaves the section at 2.5 s
+    timed = feed_timed(CameraState(cal), batches([speeder], until=10.0), cycle(100.0))
+    assert [j.violation.kind for _, j in timed] == [ViolationKind.speeding]
+    at, judged = timed[0]
+    assert judged.violation.details["speed_kmh"] == pytest.approx(72.0, abs=1.0)
+    assert 2.5 < at <= 3.0  # the track lasts until 5 s, and ends at 8 s
+
+
 def test_open_judgement_is_the_same_in_a_replay() -> None:
     """A replay that starts later (after a crash) finds the same violations on the same
     parts of the tracks, so they get the same ids: the sink keeps one of each."""

@@ -99,8 +99,10 @@ def speeding(
                     "tolerance_kmh": params.tolerance_kmh,
                     "measured_over_m": params.min_length_m,
                 },
-                # a median of fewer windows (a short track so far) may not survive more
-                settled=k >= params.smooth_windows,
+                # a median of fewer windows may not survive more: it stands once the
+                # vehicle has left the enforcement section (its last 3 points outside)
+                settled=k >= params.smooth_windows
+                or (within is not None and len(tr) >= 3 and not within[-3:].any()),
             )
         )
     return out
