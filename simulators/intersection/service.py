@@ -9,6 +9,8 @@ One process runs one SUMO intersection and its virtual camera::
     MQTT city/{city}/signals/{id}/plan (QoS 1, e.g. approved in the city map)
       -> checked -> installed in SUMO before the next step
       -> the plan now running -> MQTT city/{city}/signals/{id}/plan-applied (QoS 1, retained)
+    --neighbour ARM=ID: vehicles leaving by ARM -> Kafka sim.handoffs -> that junction, and
+                        its vehicles -> this one's ARM (see simulators.intersection.corridor)
     ground truth -> --truth FILE (JSON Lines, see simulators.intersection.truth)
     --capture FILE -> camera.frames + signal.phases records (event timestamps), the truth in
                       the capture's sidecar (``X.cap`` -> ``X.truth.jsonl``)
