@@ -233,6 +233,14 @@ class TrafficSettings(_Frozen):
     frame_buffer_s: float = Field(
         12.0, gt=0, le=120, description="Seconds of frames kept per camera for evidence"
     )
+    frames_ahead_max_s: float = Field(
+        120.0,
+        ge=1,
+        le=3600,
+        description="Frames that run ahead of their camera's tracks (a vision worker catching "
+        "up) are kept for evidence until the tracks come, up to this many seconds of frames "
+        "per camera (memory: about fps x JPEG size x this)",
+    )
     track_max_age_s: float = Field(
         300.0,
         ge=10,

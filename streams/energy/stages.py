@@ -16,6 +16,7 @@ agents: window state needs commit-after-close, which faust's auto-acking does no
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from schemas.topics import TOPICS
 from streams.consumer import ConsumerLoop
 from streams.decode import decode_record
 from streams.energy.anomalies import AnomalyDetector
-from streams.energy.reference import Directory, load_directory
+from streams.energy.reference import Directory, MeterPlace, load_directory
 from streams.energy.windows import DuplicateReading, LateReading, WindowAggregator
 
 log = logging.getLogger(__name__)
@@ -41,10 +42,13 @@ ALERTS = TOPICS["energy.alerts"]
 
 
 class _EnergyStage(ConsumerLoop):
-    """What both stages share: the meter directory (reloaded from the DB every ``reload_s``)
-    and the dead letter for readings of meters it does not know."""
+    """What both stages share: the meter directory (reloaded from the DB every ``reload_s``,
+    and at most every ``unknown_reload_s`` when a reading's meter is not in it: a meter
+    registered since the last load) and the dead letter for readings of meters it does not
+    know."""
 
     reload_s: float = 60.0
+    unknown_reload_s: float = 5.0
 
     def __init__(self, settings: Settings, topics: tuple[str, ...], group_id: str) -> None:
         super().__init__(settings, topics, group_id)
@@ -60,8 +64,7 @@ class _EnergyStage(ConsumerLoop):
             import psycopg
 
             try:
-                with psycopg.connect(self.settings.db.dsn) as conn:
-                    self._directory = load_directory(conn)
+                self._directory = self.load_directory()
             except psycopg.Error as exc:
                 if self._directory is None:
                     raise
@@ -71,6 +74,22 @@ class _EnergyStage(ConsumerLoop):
                 )
             self._loaded_at = now
         return self._directory
+
+    def load_directory(self) -> Directory:
+        import psycopg
+
+        with psycopg.connect(self.settings.db.dsn) as conn:
+            return load_directory(conn)
+
+    def places(self, readings: list[MeterReading]) -> list[MeterPlace | None]:
+        """Each reading's meter place (None: not in the directory, even reloaded)."""
+        directory = self.directory()
+        found = [directory.place(r.meter_id) for r in readings]
+        if None in found and time.monotonic() - self._loaded_at >= self.unknown_reload_s:
+            self._loaded_at = -math.inf  # reload now: the meter may be new
+            directory = self.directory()
+            found = [directory.place(r.meter_id) for r in readings]
+        return found
 
     def dead_letter_unknown(
         self,
@@ -121,11 +140,9 @@ class Router(_EnergyStage):
             self.dead_letter(READINGS.name, key, dead)
             return
         assert isinstance(batch, MeterBatch)
-        directory = self.directory()
         by_district: dict[str, list[MeterReading]] = defaultdict(list)
         unknown: list[MeterReading] = []
-        for reading in batch.readings:
-            place = directory.place(reading.meter_id)
+        for reading, place in zip(batch.readings, self.places(batch.readings), strict=True):
             if place is None:
                 unknown.append(reading)
             else:
@@ -204,12 +221,10 @@ class Aggregator(_EnergyStage):
             self.dead_letter(BY_DISTRICT.name, key, dead)
             return
         assert isinstance(batch, MeterBatch)
-        directory = self.directory()
         part = self._part((topic, partition))
         unknown: list[MeterReading] = []
         too_late: list[MeterReading] = []
-        for reading in batch.readings:
-            place = directory.place(reading.meter_id)
+        for reading, place in zip(batch.readings, self.places(batch.readings), strict=True):
             if place is None:  # removed from the directory since routing
                 unknown.append(reading)
                 continue

@@ -20,9 +20,11 @@ camera's ``TrackBatch`` es and frames in time order; it
   (:class:`Cut`), so that no track holds the worker's commit point for ever.  The tail is at
   least the camera's longest no-stopping dwell limit (+1 s), so a stop that began before the
   cut is still judged in full, and the age cap at least two tails;
-* keeps the frames around each finding on an open track that is not reported yet: by the
-  time the track ends they may have left the ring; the judgement uses whichever set is
-  closer in time.
+* keeps the camera's frames from ``frame_buffer_s`` before its tracks' event time on, and
+  frames that run ahead of the tracks until they come (up to ``frames_ahead_max_s``), and
+  the frames around each finding on an open track that is not reported yet: by the time the
+  track ends they may have left the ring; the judgement uses whichever set is closer in
+  time.
 
 The open judgement runs on a fixed event-time grid, so a replay of the same batches finds
 the same thing on the same part of a track: the same violation id, which the sink collapses.
@@ -58,6 +60,7 @@ class StateConfig:
     track_idle_s: float = 3.0
     count_window_s: int = 60
     frame_buffer_s: float = 12.0
+    frames_ahead_max_s: float = 120.0
     frames_each_side: int = 3
     judge_every_s: float = 0.2
     judge_open: bool = True
@@ -172,7 +175,7 @@ class CameraState:
         cal, cfg = self.calibration, self.config
         self.store = TrackStore(cal.camera_id)
         self.counter = LaneCounter(cal, window_s=cfg.count_window_s, signals=self.signals)
-        self.ring = FrameRing(cfg.frame_buffer_s)
+        self.ring = FrameRing(cfg.frame_buffer_s, cfg.frames_ahead_max_s)
         self._snapshots: dict[tuple[int, ViolationKind], _Snapshot] = {}
         #: settled findings on open tracks, to be reported (see :meth:`_report_due`)
         self._due: dict[tuple[int, ViolationKind], RuleViolation] = {}
@@ -207,6 +210,7 @@ class CameraState:
         if t <= self.now:
             return BatchResult(False)
         self.now = t
+        self.ring.trim(t)
         self.model_version = batch.model_version
         if self.judged and min(self.judged.values()) < t:
             self.judged = {k: v for k, v in self.judged.items() if v >= t}
@@ -240,7 +244,22 @@ class CameraState:
             return False
         self.frames_now = t
         self.ring.add(t, jpeg)
+        if self._due:
+            self._keep_due_frames()
         return True
+
+    def _keep_due_frames(self) -> None:
+        """Keep the frames around each due finding as they come: tracks may run ahead of
+        frames (a backlog read tracks first), and frames arriving in a burst before the next
+        batch could push those before it out of the ring."""
+        n = self.config.frames_each_side
+        for key, v in self._due.items():
+            snap = self._snapshots.get(key)
+            if snap is not None and len(snap.after) >= n:
+                continue
+            before, after = self.ring.around(v.t, n, n)
+            if before and (snap is None or len(after) > len(snap.after)):
+                self._snapshots[key] = _Snapshot(v.t, before, after)
 
     # --- judgement -----------------------------------------------------------------------
     def expire(self, signals: SignalTimeline, *, flush: bool = False) -> Expired:

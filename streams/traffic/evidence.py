@@ -42,15 +42,24 @@ class TimedFrame:
 
 
 class FrameRing:
-    """The last ``seconds`` of JPEG frames of one camera, for evidence."""
+    """JPEG frames of one camera, for evidence: from ``seconds`` before the moment evidence
+    may still be wanted for (:meth:`trim`: the camera's tracks' event time) on.  Frames that
+    run ahead of their tracks (a vision worker catching up, a backlog read frames first) are
+    kept until the tracks come, up to ``max_s`` of frames in all."""
 
-    def __init__(self, seconds: float = 10.0) -> None:
+    def __init__(self, seconds: float = 10.0, max_s: float = 120.0) -> None:
         self.seconds = seconds
+        self.max_s = max(max_s, seconds)
         self._frames: deque[TimedFrame] = deque()
 
     def add(self, t: float, jpeg: bytes) -> None:
         self._frames.append(TimedFrame(t, jpeg))
-        while self._frames and t - self._frames[0].t > self.seconds:
+        while self._frames and t - self._frames[0].t > self.max_s:
+            self._frames.popleft()
+
+    def trim(self, now: float) -> None:
+        """Forget the frames more than ``seconds`` before ``now``."""
+        while self._frames and now - self._frames[0].t > self.seconds:
             self._frames.popleft()
 
     def around(

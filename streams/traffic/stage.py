@@ -93,6 +93,7 @@ class TrafficStage(ConsumerLoop):
             track_idle_s=ts.track_idle_s,
             count_window_s=ts.count_window_s,
             frame_buffer_s=ts.frame_buffer_s,
+            frames_ahead_max_s=ts.frames_ahead_max_s,
             track_max_age_s=ts.track_max_age_s,
             track_tail_s=ts.track_tail_s,
             judge_open=ts.judge_open,

@@ -301,6 +301,40 @@ def test_red_light_runner_judged_with_evidence(tmp_path: Path, judge_open: bool)
     assert not state.open  # judged and forgotten
 
 
+def test_frames_that_come_after_their_tracks_still_make_the_evidence() -> None:
+    """Tracks read 25 s ahead of the frames, then the frames in one burst: trimmed to the
+    tracks' time at the next batch, the ring alone would have lost those of the red light."""
+    signals = cycle(green_until=0.0)
+    runner = straight(5.0, -40.0, 0.0, 10.0, 27.0, t0=T0 + 2, track_id=7)  # line at T0 + 5
+    state = CameraState(CAL)
+    bs = batches([runner], until=30.0)
+    judged = [j for b in bs[:250] for j in (state.add_batch(b), state.expire(signals))[1].judged]
+    assert judged == []  # the red light is due, waiting for its frames
+    for b in bs[:300]:
+        state.add_frame(b.captured_at.timestamp(), tiny_jpeg(b.frame_seq))
+    state.add_batch(bs[250])
+    [j] = state.expire(signals).judged
+    assert j.violation.kind is ViolationKind.red_light
+    frames = [*j.evidence.frames_before, *j.evidence.frames_after]
+    assert len(frames) == 6 and all(abs(f.t - j.violation.t) <= 0.31 for f in frames)
+
+
+def test_frames_that_come_before_their_tracks_are_kept_until_they_come() -> None:
+    """A backlog read a minute of frames before the first track batch (or a vision worker
+    catching up): the frames wait for their tracks instead of leaving the 12 s ring."""
+    signals = cycle(green_until=0.0)
+    runner = straight(5.0, -40.0, 0.0, 10.0, 4.0, t0=T0 + 2, track_id=7)  # line at T0 + 5
+    state = CameraState(CAL)
+    bs = batches([runner], until=60.0)
+    for b in bs:
+        state.add_frame(b.captured_at.timestamp(), tiny_jpeg(b.frame_seq))
+    judged = [j for b in bs for j in (state.add_batch(b), state.expire(signals))[1].judged]
+    assert [j.violation.kind for j in judged] == [ViolationKind.red_light]
+    frames = [*judged[0].evidence.frames_before, *judged[0].evidence.frames_after]
+    assert len(frames) == 6 and all(abs(f.t - judged[0].violation.t) <= 0.31 for f in frames)
+    assert len(state.ring._frames) <= 12 * 10 + 1  # trimmed to the tracks' time once they came
+
+
 @pytest.mark.parametrize("judge_open", [True, False])
 def test_long_stop_has_its_evidence_frames(judge_open: bool) -> None:
     """Reported when the dwell passes the limit, with the frames around that moment; or,
