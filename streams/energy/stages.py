@@ -16,7 +16,6 @@ agents: window state needs commit-after-close, which faust's auto-acking does no
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -58,9 +57,9 @@ class _EnergyStage(ConsumerLoop):
             "unknown_meter_readings_total", "Readings of meters not in the reference tables"
         )
 
-    def directory(self) -> Directory:
+    def directory(self, *, reload: bool = False) -> Directory:
         now = time.monotonic()
-        if self._directory is None or now - self._loaded_at >= self.reload_s:
+        if reload or self._directory is None or now - self._loaded_at >= self.reload_s:
             import psycopg
 
             try:
@@ -86,8 +85,7 @@ class _EnergyStage(ConsumerLoop):
         directory = self.directory()
         found = [directory.place(r.meter_id) for r in readings]
         if None in found and time.monotonic() - self._loaded_at >= self.unknown_reload_s:
-            self._loaded_at = -math.inf  # reload now: the meter may be new
-            directory = self.directory()
+            directory = self.directory(reload=True)  # the meter may be new
             found = [directory.place(r.meter_id) for r in readings]
         return found
 

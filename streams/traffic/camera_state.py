@@ -244,22 +244,11 @@ class CameraState:
             return False
         self.frames_now = t
         self.ring.add(t, jpeg)
-        if self._due:
-            self._keep_due_frames()
-        return True
-
-    def _keep_due_frames(self) -> None:
-        """Keep the frames around each due finding as they come: tracks may run ahead of
-        frames (a backlog read tracks first), and frames arriving in a burst before the next
-        batch could push those before it out of the ring."""
-        n = self.config.frames_each_side
+        # tracks may run ahead of frames (a backlog read tracks first): keep the frames of
+        # each due finding as they come, before a burst of later ones pushes them out
         for key, v in self._due.items():
-            snap = self._snapshots.get(key)
-            if snap is not None and len(snap.after) >= n:
-                continue
-            before, after = self.ring.around(v.t, n, n)
-            if before and (snap is None or len(after) > len(snap.after)):
-                self._snapshots[key] = _Snapshot(v.t, before, after)
+            self._keep_frames(key, v)
+        return True
 
     # --- judgement -----------------------------------------------------------------------
     def expire(self, signals: SignalTimeline, *, flush: bool = False) -> Expired:
@@ -283,7 +272,7 @@ class CameraState:
         reported = self._report_due(signals, ending, flush=flush)
         if not ending:
             return Expired(judged=reported)
-        judged = reported + self._judge([*closed, *aged], signals)
+        judged = reported + self._judge(list(ending.values()), signals)
         cuts = []
         for h in aged:
             dropped = self.store.cut(h.track_id, self.now - self.tail_s)
@@ -306,34 +295,25 @@ class CameraState:
         For the other findings the frames around them are kept: the ring may have lost them
         by the time the track ends (a vehicle stopped for a minute)."""
         cfg = self.config
-        n = cfg.frames_each_side
         # a track without new points since the last time finds what it found then
-        grown = [h for h in self.store.histories() if self._judged_len.get(h.track_id) != len(h)]
-        self._judged_len = {k: v for k, v in self._judged_len.items() if k in self.open} | {
-            h.track_id: len(h) for h in grown
+        lengths = self.store.lengths()
+        grown = {
+            tid: h
+            for tid, n in lengths.items()
+            if self._judged_len.get(tid) != n and (h := self.store.history(tid)) is not None
         }
-        for v in evaluate_all(grown, self.calibration, signals):
+        self._judged_len = lengths
+        for v in evaluate_all(grown.values(), self.calibration, signals):
             key = (v.track_id, v.kind)
             if key in self._due or v.kind in self.fired.get(v.track_id, (0.0, frozenset()))[1]:
                 continue
-            if cfg.judge_open and self._settled(v):
+            if cfg.judge_open and self._settled(v, grown[v.track_id]):
                 self._due[key] = v
-                continue
-            if not math.isfinite(self.frames_now):
-                continue  # no frames to keep
-            snap = self._snapshots.get(key)
-            if snap is None or abs(snap.t - v.t) > 0.5:
-                before, after = self.ring.around(v.t, n, n)
-                if before or snap is None:
-                    self._snapshots[key] = _Snapshot(v.t, before, after)
-            elif len(snap.after) < n:
-                _, after = self.ring.around(snap.t, 0, n)
-                if len(after) > len(snap.after):
-                    snap.after = after
+            elif math.isfinite(self.frames_now):  # else no frames to keep
+                self._keep_frames(key, v)
 
-    def _settled(self, v: RuleViolation) -> bool:
-        track = self.store.history(v.track_id)
-        if not v.settled or track is None:
+    def _settled(self, v: RuleViolation, track: TrackHistory) -> bool:
+        if not v.settled:
             return False
         held, age = self.now - track.class_since, self.now - float(track.t[0])
         if held < max(self.config.class_settled_s, self.config.class_settled_share * age):
@@ -341,6 +321,22 @@ class CameraState:
         if v.kind is ViolationKind.red_light:
             return self.now >= float(v.details["committed_t"]) + self.config.signal_lag_s
         return True
+
+    def _keep_frames(self, key: tuple[int, ViolationKind], v: RuleViolation) -> None:
+        """Keep the frames the ring has around ``v`` now, and those kept for it before (the
+        ring moves on); a finding that moved by more than 0.5 s starts again."""
+        n = self.config.frames_each_side
+        snap = self._snapshots.get(key)
+        if snap is None or abs(snap.t - v.t) > 0.5:
+            before, after = self.ring.around(v.t, n, n)
+            if before or snap is None:
+                self._snapshots[key] = _Snapshot(v.t, before, after)
+        elif len(snap.after) < n:  # the frames after it are still coming in
+            before, after = self.ring.around(snap.t, n, n)
+            if before and (not snap.before or before[-1].t > snap.before[-1].t):
+                snap.before = before  # closer to it
+            if len(after) > len(snap.after):
+                snap.after = after
 
     def _report_due(
         self, signals: SignalTimeline, ending: dict[int, TrackHistory], *, flush: bool

@@ -186,6 +186,10 @@ class TrackStore:
     def histories(self) -> list[TrackHistory]:
         return [self._history(k, a) for k, a in sorted(self._acc.items())]
 
+    def lengths(self) -> dict[int, int]:
+        """Points held of each track."""
+        return {k: len(a.t) for k, a in self._acc.items() if a.t}
+
     def history(self, track_id: int) -> TrackHistory | None:
         acc = self._acc.get(track_id)
         return self._history(track_id, acc) if acc is not None and acc.t else None
