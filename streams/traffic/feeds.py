@@ -155,7 +155,8 @@ class Pacer:
 
     A record of a camera that is ahead of the camera's other input is held (in arrival order,
     per camera and topic) while that input's partition still has records not yet fetched
-    (frames of a camera whose tracks have not started yet count as ahead);
+    (before the other input has started: while it may still come, or while its earliest
+    held record is earlier);
     :meth:`releasable` hands held records back once the other side caught up, has nothing
     more to fetch, or the queue exceeds ``max_held``.  Cameras are independent, so cameras
     sharing a partition cannot block each other.
@@ -193,10 +194,13 @@ class Pacer:
         other = self.other(topic)
         ot = self.time.get((other, camera))
         if ot is None:
-            # a camera's frames wait for its first tracks (the evidence ring is short: frames
-            # that ran ahead would be gone when the violations come); tracks never wait for
-            # frames that have not started
-            return topic == self.topics[1] and unread(other, partition)
+            # the other side has not started: wait for its earliest held record if it is
+            # earlier (neither side runs ahead at a start: tracks far ahead of their frames
+            # would be judged with no evidence frames), else while it may still come
+            waiting = self.held.get((other, camera))
+            if waiting:
+                return t > waiting[0].t
+            return unread(other, partition)
         return t - ot > self.lead_s and unread(other, partition)
 
     def should_hold(

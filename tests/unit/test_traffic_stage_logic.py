@@ -532,7 +532,8 @@ def test_pacer_holds_the_side_ahead_only_while_the_other_has_more_to_fetch() -> 
     assert pacer.should_hold("traffic.tracks", "cam-1", 0, 103.0, unfetched)
     pacer.hold("traffic.tracks", "cam-1", rec(10, 103.0))
     pacer.hold("traffic.tracks", "cam-1", rec(11, 100.1))  # behind a held one: waits too
-    assert not pacer.should_hold("traffic.tracks", "cam-2", 0, 500.0, unfetched)  # no frames
+    # cam-2's frames have not started: its tracks wait while frames may still come
+    assert pacer.should_hold("traffic.tracks", "cam-2", 0, 500.0, unfetched)
     assert pacer.first_held() == {("traffic.tracks", 0): 10}
     assert pacer.releasable(unfetched) == []
     pacer.done("camera.frames", "cam-1", 101.5)  # the frames caught up
@@ -555,10 +556,28 @@ def test_pacer_holds_a_cameras_frames_until_its_tracks_start() -> None:
         return more[topic]
 
     assert pacer.should_hold("camera.frames", "cam-1", 0, 100.0, unfetched)
-    assert not pacer.should_hold("traffic.tracks", "cam-2", 0, 100.0, unfetched)  # never
     pacer.hold("camera.frames", "cam-1", Held(0, 3, b"cam-1", b"", None, 100.0))
     assert pacer.releasable(unfetched) == []
     pacer.done("traffic.tracks", "cam-1", 99.5)  # its tracks started
     assert [h.offset for _, _, h in pacer.releasable(unfetched)] == [3]
     more["traffic.tracks"] = False  # a camera without tracks: its frames go once all is read
     assert not pacer.should_hold("camera.frames", "cam-3", 0, 100.0, unfetched)
+
+
+def test_pacer_starts_a_camera_with_its_earliest_record() -> None:
+    # both inputs held before either started (a backlog): the earlier one goes first, so
+    # neither runs ahead of the other from the start (tracks far ahead of their frames were
+    # judged with no evidence frames; frames far ahead would pass through the ring)
+    pacer = Pacer("traffic.tracks", "camera.frames", lead_s=2.0)
+
+    def unfetched(topic: str, partition: int) -> bool:
+        return True
+
+    for first, second in (("traffic.tracks", "camera.frames"), ("camera.frames", "traffic.tracks")):
+        pacer = Pacer("traffic.tracks", "camera.frames", lead_s=2.0)
+        assert pacer.should_hold(second, "cam-1", 0, 100.4, unfetched)  # the other may come
+        pacer.hold(second, "cam-1", Held(0, 8, b"cam-1", b"", None, 100.4))
+        assert not pacer.should_hold(first, "cam-1", 0, 100.0, unfetched)  # earlier: goes
+        assert pacer.releasable(unfetched) == []  # the later one waits for it
+        pacer.done(first, "cam-1", 100.0)  # it started: the other is within the lead
+        assert [(t, h.offset) for t, _, h in pacer.releasable(unfetched)] == [(second, 8)]
