@@ -346,6 +346,19 @@ def found_set(rows: list[Any]) -> set[tuple[str, str, int, float]]:
     return {(r[0], r[4], r[1], round(r[7].timestamp(), 3)) for r in rows}
 
 
+def settled_rows(stack: Stack, s: Scenario) -> list[Any]:
+    """The violation rows once every one a clean pass finds has landed (the last ones come
+    when the cameras' inputs end, after the idle flush), plus 2 s for any extra to show."""
+    clean = clean_run(s)
+    wait_until(
+        lambda: found_set(violation_rows(stack, s.intersection_id)) >= clean,
+        90,
+        "every violation the pure logic finds",
+    )
+    time.sleep(2)  # anything more (there should be nothing) would land now
+    return violation_rows(stack, s.intersection_id)
+
+
 def test_traffic_worker_violations_evidence_counts_advice(
     stack: Stack, scenario: Scenario, cameras: list[str], tmp_path: Path
 ) -> None:
@@ -384,14 +397,7 @@ def test_traffic_worker_violations_evidence_counts_advice(
 
         wait_until(lambda: len(recalled()) >= 0.8 * len(expected), 60, "violations of the truth")
         elapsed = time.monotonic() - t0
-        clean = clean_run(s)  # the last ones come when the cameras' inputs end
-        wait_until(
-            lambda: found_set(violation_rows(stack, s.intersection_id)) >= clean,
-            60,
-            "every violation the pure logic finds",
-        )
-        time.sleep(2)  # anything more (there should be nothing) would land now
-        found = violation_rows(stack, s.intersection_id)
+        found = settled_rows(stack, s)
         mine = [r for r in found if r[4] == cam_s]
         hits = recalled()
         print(
@@ -406,7 +412,7 @@ def test_traffic_worker_violations_evidence_counts_advice(
 
         per_track = Counter((r[0], r[4], r[1]) for r in found)
         assert max(per_track.values()) == 1, per_track  # one violation per kind and track
-        assert found_set(found) == clean  # what the pure logic finds, processed once
+        assert found_set(found) == clean_run(s)  # what the pure logic finds, processed once
         for kind, _tid, uri, sha, cam, details, _vid, _at in found:
             path = evidence / uri
             assert path.exists() and verify_bundle(path, sha), uri
@@ -482,9 +488,8 @@ def test_traffic_worker_kill_9_replays_without_duplicates(
             hits = {(r[0], r[1]) for r in rows if r[4] == s.cam_s.camera_id} & expected
             return len(hits) >= 0.8 * len(expected)
 
-        wait_until(done, 90, "the restarted worker to finish the stream")
-        time.sleep(6)  # idle flush of the last tracks
-        rows = violation_rows(stack, s.intersection_id)
+        wait_until(done, 90, "the restarted worker to reach the truth")
+        rows = settled_rows(stack, s)
         per_track = Counter((r[0], r[4], r[1]) for r in rows)
         print(f"\nkill -9 after {len(before)} violations; {len(rows)} after the restart")
         assert max(per_track.values()) == 1, per_track  # no track judged twice
