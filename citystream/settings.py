@@ -207,6 +207,20 @@ class TrafficSettings(_Frozen):
     recommend_every_s: int = Field(
         300, ge=10, le=86400, description="How often signal-timing advice is computed"
     )
+    saturation_pcu_h: float = Field(
+        1800.0,
+        gt=0,
+        le=10_000,
+        description="Saturation flow (PCU per hour of green) assumed for a lane whose queue "
+        "discharges in the advice period were too short to measure its own",
+    )
+    saturation_min_discharge_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="Seconds of green with a queue standing a lane needs in an advice period "
+        "before its measured discharge rate replaces saturation_pcu_h",
+    )
     track_idle_s: float = Field(
         3.0, gt=0, le=120, description="A track unseen this long is finished and judged"
     )

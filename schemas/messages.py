@@ -151,11 +151,27 @@ class LaneCount(Message):
     arrivals_on_red: int = Field(
         0, ge=0, description="Of those, the ones that arrived while the lane's signal was red"
     )
+    discharged: int = Field(
+        0,
+        ge=0,
+        description="Of count, the vehicles that crossed while a queue stood in the lane on green",
+    )
+    discharge_s: float = Field(
+        0.0,
+        ge=0,
+        le=86400,
+        description="Seconds of the window the lane had green with a queue standing in it "
+        "(the lane's, so the same on each class row of the lane)",
+    )
 
     @model_validator(mode="after")
-    def _on_red_within_arrivals(self) -> LaneCount:
+    def _parts_within_totals(self) -> LaneCount:
         if self.arrivals_on_red > self.arrivals:
             raise ValueError("arrivals_on_red exceeds arrivals")
+        if self.discharged > self.count:
+            raise ValueError("discharged exceeds count")
+        if self.discharge_s > self.window_s:
+            raise ValueError("discharge_s exceeds window_s")
         return self
 
 

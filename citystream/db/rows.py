@@ -54,6 +54,8 @@ def lane_count_row(c: m.LaneCount) -> Row:
         c.queue_len,
         c.arrivals,
         c.arrivals_on_red,
+        c.discharged,
+        c.discharge_s,
     )
 
 

@@ -87,7 +87,7 @@ TRAFFIC_COUNTS = _spec(
     "traffic_counts",
     "intersection_id text, camera_id text, lane_id text, movement text, vehicle_class text,"
     " window_start timestamptz, window_s int4, count int4, occupancy float8, queue_len int4,"
-    " arrivals int4, arrivals_on_red int4",
+    " arrivals int4, arrivals_on_red int4, discharged int4, discharge_s float8",
     "intersection_id, camera_id, lane_id, movement, vehicle_class, window_start",
     "window_start",
 )

@@ -89,6 +89,18 @@ class ScenarioConfig:
     fed_arms: frozenset[str] = frozenset()
 
 
+@dataclass
+class StopLineDetector:
+    """A loop detector at one approach lane's stop line (PCU): all that crossed, and the
+    queue discharge as :class:`~streams.traffic.counts.LaneCounter` measures it from a
+    camera (crossings while a queue stood in the lane on green, and the seconds of that)."""
+
+    signal_groups: tuple[str, ...]
+    pcu: float = 0.0
+    discharged_pcu: float = 0.0
+    discharge_s: float = 0.0
+
+
 @dataclass(frozen=True)
 class VehicleState:
     vehicle_id: str
@@ -199,7 +211,14 @@ class IntersectionSim:
         self.time_loss: dict[str, float] = {}  # arrived vehicle -> time loss (s)
         self.depart: dict[str, float] = {}
         self.arrived: set[str] = set()
-        self.group_counts_pcu: dict[str, float] = {}
+        #: approach lane -> its stop-line detector
+        groups_of: dict[str, set[str]] = {}
+        for k in self.links:
+            groups_of.setdefault(k.in_lane, set()).add(k.group)
+        self.detectors = {
+            lane: StopLineDetector(tuple(sorted(g))) for lane, g in sorted(groups_of.items())
+        }
+        self._discharging: set[str] = set()  # lanes on green with a queue at the last step
         self._track_ids: dict[str, int] = {}
         self._next_track = itertools.count(1)
         self._groups: dict[str, SignalState] = {}
@@ -368,6 +387,8 @@ class IntersectionSim:
         self._move_wrongway(now)
         state = libsumo.trafficlight.getRedYellowGreenState(TLS)
         groups = group_states(state, self.links)
+        for lane in self._discharging:
+            self.detectors[lane].discharge_s += self.config.step_s
         changes = [
             SignalPhaseChange(
                 intersection_id=self.config.intersection_id,
@@ -419,6 +440,12 @@ class IntersectionSim:
                     self.injected.get(vid),
                 )
             )
+        self._discharging = {
+            lane
+            for lane, det in self.detectors.items()
+            if libsumo.lane.getLastStepHaltingNumber(lane) > 0
+            and any(groups.get(g) is SignalState.green for g in det.signal_groups)
+        }
         return SimStep(now, self.epoch(now), vehicles, dict(groups), changes, exits)
 
     def _via_index(self) -> dict[str, int]:
@@ -499,13 +526,11 @@ class IntersectionSim:
         flags = self._flags.setdefault(vid, {})
         prev = self._last.get(vid)
         self._last[vid] = (lane, x, y, speed)
-        if prev is not None and not prev[0].startswith(":") and lane.startswith(":"):
-            idx = via_index.get(lane)
-            if idx is not None:
-                group = self.links[idx].group
-                self.group_counts_pcu[group] = self.group_counts_pcu.get(group, 0.0) + PCU.get(
-                    cls, 1.0
-                )
+        det = self.detectors.get(prev[0]) if prev is not None else None
+        if det is not None and lane.startswith(":"):  # crossed the stop line
+            det.pcu += PCU.get(cls, 1.0)
+            if prev is not None and prev[0] in self._discharging:
+                det.discharged_pcu += PCU.get(cls, 1.0)
         if prev is not None and prev[0].startswith("S_in") and lane.startswith(":"):
             idx = via_index.get(lane)
             if idx is not None and state[idx] in "rR":

@@ -5,10 +5,12 @@ intersection meet in one worker) into an :class:`AdviceAggregator`.  Counts are 
 periods of ``period_s`` (``traffic.recommend_every_s``) of event time; a period is complete
 when the intersection's count windows have reached its end plus ``lateness_s`` (so slower
 cameras get in), or when the worker forces it after a quiet spell.  For a complete period
-:func:`advise` turns the counts into PCU/h per signal group, compares with the plan in force
-(:class:`PlanBook`, from ``signal.plans``) and asks Webster (:func:`~streams.traffic.webster.
-recommend`) for a cycle and green splits within the min/max greens.  A plan phase whose signal
-groups no camera counts gets no advice (it would get the minimum green for lack of data).
+:func:`advise` turns the counts into PCU/h per lane, each lane with the saturation flow its
+queue discharges show where it had enough of them (``LaneCount.discharge_s``), compares with
+the plan in force (:class:`PlanBook`, from ``signal.plans``) and asks Webster
+(:func:`~streams.traffic.webster.recommend`) for a cycle and green splits within the min/max
+greens.  A plan phase whose signal groups no camera counts gets no advice (it would get the
+minimum green for lack of data).
 
 Everything is keyed by event time: a replay yields the same recommendations with the same
 ``issued_at`` (= the period's end), so the sink stores each once.
@@ -24,13 +26,8 @@ from datetime import UTC, datetime
 
 from schemas.messages import LaneCount, SignalPlan, SignalRecommendation
 from streams.traffic.calibration import Calibration
-from streams.traffic.counts import group_flows_pcu_h
-from streams.traffic.webster import (
-    DEFAULT_SATURATION_PCU_H,
-    GroupDemand,
-    WebsterBounds,
-    recommend,
-)
+from streams.traffic.counts import lane_flows
+from streams.traffic.webster import SaturationFlow, StreamDemand, WebsterBounds, recommend
 
 CountKey = tuple[str, str, str, str, str, float]
 
@@ -144,31 +141,27 @@ class PlanBook:
         return lst[i][2] if i >= 0 else None
 
 
-def demand_by_group(
+def demand_by_lane(
     counts: Iterable[LaneCount],
     calibrations: Mapping[str, Calibration],
-    saturation_pcu_h_per_lane: float = DEFAULT_SATURATION_PCU_H,
-) -> dict[str, GroupDemand]:
-    """Measured flow (PCU/h) of each counted signal group, summed over the cameras, with a
-    saturation flow of ``saturation_pcu_h_per_lane`` per approach lane of the group."""
+    saturation: SaturationFlow | None = None,
+) -> dict[str, StreamDemand]:
+    """Measured flow (PCU/h) and saturation flow of each counted signalled lane (key
+    ``camera/lane``)."""
+    sat = saturation or SaturationFlow()
     by_camera: dict[str, list[LaneCount]] = {}
     for c in counts:
         by_camera.setdefault(c.camera_id, []).append(c)
-    flows: dict[str, float] = {}
-    lanes: dict[str, int] = {}
+    out: dict[str, StreamDemand] = {}
     for cam, rows in sorted(by_camera.items()):
         cal = calibrations.get(cam)
         if cal is None:
             continue
-        for g, q in group_flows_pcu_h(rows, cal).items():
-            flows[g] = flows.get(g, 0.0) + q
-        for lane in cal.approach_lanes:
-            if lane.signal_group:
-                lanes[lane.signal_group] = lanes.get(lane.signal_group, 0) + 1
-    return {
-        g: GroupDemand(q, saturation_pcu_h_per_lane * max(lanes.get(g, 1), 1))
-        for g, q in sorted(flows.items())
-    }
+        for lane, f in lane_flows(rows, cal).items():
+            out[f"{cam}/{lane}"] = StreamDemand(
+                (f.signal_group,), f.flow_pcu_h, sat.of(f.discharged_pcu, f.discharge_s)
+            )
+    return out
 
 
 def advise(
@@ -176,12 +169,14 @@ def advise(
     plan: SignalPlan,
     calibrations: Mapping[str, Calibration],
     bounds: WebsterBounds | None = None,
+    saturation: SaturationFlow | None = None,
 ) -> SignalRecommendation | str:
     """Webster's advice for the period, or the reason there is none."""
-    demand = demand_by_group(period.counts, calibrations)
+    demand = demand_by_lane(period.counts, calibrations, saturation)
     if not demand:
         return "no counts of calibrated approach lanes in the period"
-    blind = [p.name for p in plan.phases if not any(g in demand for g in p.signal_groups)]
+    counted = {g for d in demand.values() for g in d.signal_groups}
+    blind = [p.name for p in plan.phases if counted.isdisjoint(p.signal_groups)]
     if blind:
         return f"no camera counts the signal groups of phase(s) {', '.join(blind)}"
     end = datetime.fromtimestamp(period.end, tz=UTC)
@@ -201,6 +196,7 @@ def advise_due(
     calibrations_of: Callable[[str], Mapping[str, Calibration]],
     *,
     force: bool = False,
+    saturation: SaturationFlow | None = None,
 ) -> tuple[list[SignalRecommendation], list[tuple[str, str]]]:
     """Advice for every complete period, and (intersection, reason) of those without; a
     reason starts with its kind (``no_plan:``, ``unobserved_phases:``, ``no_counts:``)."""
@@ -212,7 +208,7 @@ def advise_due(
         if plan is None:
             skipped.append((iid, "no_plan: no signal plan known for the period"))
             continue
-        rec = advise(period, plan, calibrations_of(iid))
+        rec = advise(period, plan, calibrations_of(iid), saturation=saturation)
         if isinstance(rec, str):
             kind = "unobserved_phases" if "phase" in rec else "no_counts"
             skipped.append((iid, f"{kind}: {rec}"))

@@ -15,7 +15,14 @@ after its end arrives, and its :class:`~schemas.messages.LaneCount` rows come ba
   signal group was
   red (needs the :class:`~streams.traffic.signals.SignalTimeline`; without one every arrival
   counts as not on red).  A high share on red means the platoons meet red lights: the
-  offset between neighbouring signals is wrong.
+  offset between neighbouring signals is wrong;
+* **discharge_s** / **discharged**: the seconds the lane had green while a queue stood in it
+  (``queue_len`` >= 1 at the start of the frame interval), and the vehicles that crossed the
+  stop line in those seconds: the lane's queue discharge, from which the advice measures its
+  saturation flow (:func:`lane_flows`) instead of assuming one.  A shared through/left lane
+  held up by permitted left turners discharges at a fraction of the rate of its neighbour.
+  Needs the signal timeline; an interval longer than ``max_gap_s`` (a gap in the frames) is
+  not counted.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ class _Window:
     occupied: dict[str, int] = field(default_factory=dict)
     frames: int = 0
     queue: dict[str, int] = field(default_factory=dict)
+    discharged: dict[tuple[str, VehicleClass], int] = field(default_factory=dict)
+    discharge_s: dict[str, float] = field(default_factory=dict)
 
 
 class LaneCounter:
@@ -73,6 +82,7 @@ class LaneCounter:
         classes: Sequence[VehicleClass] = COUNTED_CLASSES,
         signals: SignalTimeline | None = None,
         arrival_m: float = 30.0,
+        max_gap_s: float = 1.0,
     ) -> None:
         self.cal = calibration
         self.window_s = window_s
@@ -80,12 +90,15 @@ class LaneCounter:
         self.queue_speed_kmh = queue_speed_kmh
         self.signals = signals
         self.arrival_m = arrival_m
+        self.max_gap_s = max_gap_s
         self.classes = tuple(classes)
         self.lanes: list[Lane] = calibration.approach_lanes
         self._last: dict[int, tuple[float, tuple[float, float]]] = {}
         self._counted: set[int] = set()  # tracks that crossed a stop line
         self._arrived: set[int] = set()  # tracks that crossed an arrival line
         self._win: _Window | None = None
+        self._prev_t: float | None = None
+        self._discharging: set[str] = set()  # lanes on green with a queue at the last frame
 
     def _window_start(self, t: float) -> float:
         return float(np.floor(t / self.window_s) * self.window_s)
@@ -100,6 +113,13 @@ class LaneCounter:
             self._win = _Window(self._window_start(t))
         win = self._win
         win.frames += 1
+        prev_t, self._prev_t = self._prev_t, t
+        dt = t - prev_t if prev_t is not None else 0.0
+        discharging, self._discharging = self._discharging, set()
+        if not 0 < dt <= self.max_gap_s:
+            discharging = set()
+        for lane_id in discharging:  # the interval's part in this window
+            win.discharge_s[lane_id] = win.discharge_s.get(lane_id, 0.0) + min(dt, t - win.start)
         obs = list(observations)
         if not obs:
             win.queue = {}
@@ -117,6 +137,8 @@ class LaneCounter:
                 win.occupied[lane.lane_id] = win.occupied.get(lane.lane_id, 0) + 1
             queued = inside & (upstream >= 0) & (speeds < self.queue_speed_kmh)
             queue[lane.lane_id] = int(queued.sum())
+            if queue[lane.lane_id] and self._green(lane, t):
+                self._discharging.add(lane.lane_id)
         win.queue = queue
         for o in obs:
             prev = self._last.get(o.track_id)
@@ -136,6 +158,8 @@ class LaneCounter:
                 if hits and float((step[1] - step[0]) @ lane.dir) > 0:
                     key = (lane.lane_id, o.vehicle_class)
                     win.counts[key] = win.counts.get(key, 0) + 1
+                    if lane.lane_id in discharging:
+                        win.discharged[key] = win.discharged.get(key, 0) + 1
                     self._counted.add(o.track_id)
                     break
         # forget tracks not seen for a while
@@ -157,13 +181,17 @@ class LaneCounter:
             key = (lane.lane_id, o.vehicle_class)
             win.arrivals[key] = win.arrivals.get(key, 0) + 1
             self._arrived.add(o.track_id)
-            if (
-                self.signals is not None
-                and lane.signal_group is not None
-                and self.signals.state_at(lane.signal_group, t) is SignalState.red
-            ):
+            if self._state(lane, t) is SignalState.red:
                 win.on_red[key] = win.on_red.get(key, 0) + 1
             return
+
+    def _state(self, lane: Lane, t: float) -> SignalState | None:
+        if self.signals is None or lane.signal_group is None:
+            return None
+        return self.signals.state_at(lane.signal_group, t)
+
+    def _green(self, lane: Lane, t: float) -> bool:
+        return self._state(lane, t) is SignalState.green
 
     def _speed(self, o: Observation, t: float) -> float:
         if o.speed_kmh is not None:
@@ -203,6 +231,8 @@ class LaneCounter:
                         queue_len=win.queue.get(lane.lane_id, 0),
                         arrivals=win.arrivals.get((lane.lane_id, cls), 0),
                         arrivals_on_red=win.on_red.get((lane.lane_id, cls), 0),
+                        discharged=win.discharged.get((lane.lane_id, cls), 0),
+                        discharge_s=round(win.discharge_s.get(lane.lane_id, 0.0), 3),
                     )
                 )
         return rows
@@ -219,19 +249,44 @@ PCU: dict[VehicleClass, float] = {
 }
 
 
-def group_flows_pcu_h(
+@dataclass(frozen=True)
+class LaneFlow:
+    """One signalled lane over the span its counts cover: flow, and its queue discharge."""
+
+    signal_group: str
+    flow_pcu_h: float
+    discharged_pcu: float
+    discharge_s: float
+
+
+def lane_flows(
     counts: Iterable[LaneCount], calibration: Calibration, pcu: dict[VehicleClass, float] = PCU
-) -> dict[str, float]:
-    """Flow per signal group (PCU per hour) over the span the counts cover."""
-    group_of = {lane.lane_id: lane.signal_group for lane in calibration.approach_lanes}
+) -> dict[str, LaneFlow]:
+    """Flow (PCU per hour over the span the counts cover) and queue discharge of each lane
+    of the camera that has a signal group."""
+    group_of = {ln.lane_id: ln.signal_group for ln in calibration.approach_lanes}
     total: dict[str, float] = {}
+    discharged: dict[str, float] = {}
+    discharge_s: dict[tuple[str, float], float] = {}  # one value per lane and window
     windows: set[tuple[float, int]] = set()
     for c in counts:
-        windows.add((c.window_start.timestamp(), c.window_s))
-        g = group_of.get(c.lane_id)
-        if g:
-            total[g] = total.get(g, 0.0) + c.count * pcu.get(c.vehicle_class, 1.0)
+        ws = c.window_start.timestamp()
+        windows.add((ws, c.window_s))
+        if not group_of.get(c.lane_id):
+            continue
+        w = pcu.get(c.vehicle_class, 1.0)
+        total[c.lane_id] = total.get(c.lane_id, 0.0) + c.count * w
+        discharged[c.lane_id] = discharged.get(c.lane_id, 0.0) + c.discharged * w
+        discharge_s[(c.lane_id, ws)] = c.discharge_s
     span_s = sum(w for _, w in windows)
     if span_s == 0:
         return {}
-    return {g: v * 3600.0 / span_s for g, v in sorted(total.items())}
+    return {
+        lane: LaneFlow(
+            str(group_of[lane]),
+            q * 3600.0 / span_s,
+            discharged[lane],
+            sum(v for (ln, _), v in discharge_s.items() if ln == lane),
+        )
+        for lane, q in sorted(total.items())
+    }

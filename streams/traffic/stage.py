@@ -67,6 +67,7 @@ from streams.traffic.camera_state import CameraMemory, CameraState, Judged, Stat
 from streams.traffic.cameras import CameraDirectory, CameraInfo
 from streams.traffic.durable import StateFile, keep_evidence
 from streams.traffic.feeds import Held, Pacer, SignalFeed
+from streams.traffic.webster import SaturationFlow
 
 log = logging.getLogger(__name__)
 TRACKS, FRAMES, COUNTS = TOPICS["traffic.tracks"], TOPICS["camera.frames"], TOPICS["traffic.counts"]
@@ -109,6 +110,7 @@ class TrafficStage(ConsumerLoop):
         self.feed = SignalFeed(settings.kafka.bootstrap, signal_lookback_s)
         self.pacer = Pacer(TRACKS.name, FRAMES.name)
         self.advice = AdviceAggregator(ts.recommend_every_s, lateness_s=2.0 * ts.count_window_s)
+        self.sat = SaturationFlow(ts.saturation_pcu_h, ts.saturation_min_discharge_s)
         self.states: dict[str, CameraState] = {}
         self.partition_of: dict[str, int] = {}  # camera -> its tracks/frames partition
         self.infos: dict[str, CameraInfo] = {}
@@ -405,7 +407,9 @@ class TrafficStage(ConsumerLoop):
         self.counts_sent.inc(len(rows))
 
     def _advise(self, *, force: bool) -> None:
-        recs, skipped = advise_due(self.advice, self.feed.plans, self._calibrations, force=force)
+        recs, skipped = advise_due(
+            self.advice, self.feed.plans, self._calibrations, force=force, saturation=self.sat
+        )
         for iid, why in skipped:
             self.no_advice.labels(why.split(":")[0]).inc()
             log.info("no advice for %s: %s", iid, why)

@@ -1,13 +1,16 @@
 """Signal-timing advice: Webster's optimal cycle and green splits, and Webster's delay.
 
-For phases i with critical flow ratio y_i = max over the phase's signal groups of q/s
-(flow / saturation flow), Y = sum y_i and total lost time L (per phase: amber + all-red
-unless given)::
+Demand comes per *stream*: an approach lane (or a whole signal group) with its flow q and
+saturation flow s in PCU/h, which has green while any of its signal groups has.  Lanes are the
+better unit: a shared through/left lane whose permitted left turners hold up the through
+traffic behind them discharges at a fraction of its neighbours' rate, and only its own q/s
+shows that.  For phases i with critical flow ratio y_i = max over the phase's streams of q/s,
+Y = sum y_i and total lost time L (per phase: amber + all-red unless given)::
 
     C0 = (1.5 L + 5) / (1 - Y)                 clamped to [min_cycle_s, max_cycle_s]
     g_i = (C0 - L) * y_i / Y                   then bounded by [min_green_s, max_green_s]
 
-Delay per signal group (Webster 1958), with lambda = g/C and x = q / (lambda s)::
+Delay per stream (Webster 1958), with lambda = g/C and x = q / (lambda s)::
 
     d = C (1 - lambda)^2 / (2 (1 - lambda x)) + x^2 / (2 q (1 - x))
         - 0.65 (C / q^2)^(1/3) x^(2 + 5 lambda)
@@ -38,11 +41,34 @@ class WebsterBounds:
 
 
 @dataclass(frozen=True)
-class GroupDemand:
-    """Measured flow and saturation flow of one signal group (PCU/h)."""
+class StreamDemand:
+    """Measured flow and saturation flow (PCU/h) of one stream: a lane, or a signal group; it
+    has green while any of ``signal_groups`` has."""
 
+    signal_groups: tuple[str, ...]
     flow_pcu_h: float
     saturation_pcu_h: float = DEFAULT_SATURATION_PCU_H
+
+    @property
+    def y(self) -> float:
+        """Flow ratio q/s."""
+        return self.flow_pcu_h / self.saturation_pcu_h if self.saturation_pcu_h > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class SaturationFlow:
+    """A lane's saturation flow: measured from its queue discharges (PCU crossing the stop
+    line while a queue stood on green, per hour of such green) where it had at least
+    ``min_discharge_s`` of them (a few seconds say little about the rate), else
+    ``default_pcu_h``."""
+
+    default_pcu_h: float = DEFAULT_SATURATION_PCU_H
+    min_discharge_s: float = 60.0
+
+    def of(self, discharged_pcu: float, discharge_s: float) -> float:
+        if discharge_s < self.min_discharge_s or discharged_pcu <= 0:
+            return self.default_pcu_h
+        return discharged_pcu * 3600.0 / discharge_s
 
 
 def _lost(phase: PhaseTiming, bounds: WebsterBounds) -> float:
@@ -51,13 +77,9 @@ def _lost(phase: PhaseTiming, bounds: WebsterBounds) -> float:
     return phase.amber_s + phase.all_red_s
 
 
-def _y(phase: PhaseTiming, demand: Mapping[str, GroupDemand]) -> float:
-    ys = [
-        demand[g].flow_pcu_h / demand[g].saturation_pcu_h
-        for g in phase.signal_groups
-        if g in demand and demand[g].saturation_pcu_h > 0
-    ]
-    return max(ys, default=0.0)
+def _y(phase: PhaseTiming, demand: Mapping[str, StreamDemand]) -> float:
+    groups = set(phase.signal_groups)
+    return max((d.y for d in demand.values() if groups.intersection(d.signal_groups)), default=0.0)
 
 
 def _bounded_split(total: float, weights: list[float], lo: float, hi: float) -> list[float]:
@@ -81,7 +103,7 @@ def _bounded_split(total: float, weights: list[float], lo: float, hi: float) -> 
 
 def webster_plan(
     current: SignalPlan,
-    demand: Mapping[str, GroupDemand],
+    demand: Mapping[str, StreamDemand],
     valid_from: datetime,
     bounds: WebsterBounds = WebsterBounds(),
     plan_id: str | None = None,
@@ -117,13 +139,10 @@ def webster_plan(
     )
 
 
-def group_green_s(plan: SignalPlan) -> dict[str, float]:
-    """Total green of each signal group over one cycle."""
-    out: dict[str, float] = {}
-    for p in plan.phases:
-        for g in p.signal_groups:
-            out[g] = out.get(g, 0.0) + p.green_s
-    return out
+def green_s(plan: SignalPlan, signal_groups: tuple[str, ...]) -> float:
+    """Green of a stream over one cycle: every phase giving any of its groups green."""
+    groups = set(signal_groups)
+    return sum(p.green_s for p in plan.phases if groups.intersection(p.signal_groups))
 
 
 def webster_delay_s(
@@ -152,14 +171,14 @@ def webster_delay_s(
     return max(float(d), 0.0)
 
 
-def plan_delay_s(plan: SignalPlan, demand: Mapping[str, GroupDemand]) -> float:
+def plan_delay_s(plan: SignalPlan, demand: Mapping[str, StreamDemand]) -> float:
     """Flow-weighted average delay (s/veh) of the plan under the given demand."""
-    greens = group_green_s(plan)
     total = weighted = 0.0
-    for g, dm in demand.items():
-        if g not in greens or dm.flow_pcu_h <= 0:
+    for dm in demand.values():
+        green = green_s(plan, dm.signal_groups)
+        if green <= 0 or dm.flow_pcu_h <= 0:
             continue
-        d = webster_delay_s(plan.cycle_s, greens[g], dm.flow_pcu_h, dm.saturation_pcu_h)
+        d = webster_delay_s(plan.cycle_s, green, dm.flow_pcu_h, dm.saturation_pcu_h)
         weighted += d * dm.flow_pcu_h
         total += dm.flow_pcu_h
     return weighted / total if total > 0 else 0.0
@@ -167,7 +186,7 @@ def plan_delay_s(plan: SignalPlan, demand: Mapping[str, GroupDemand]) -> float:
 
 def recommend(
     current: SignalPlan,
-    demand: Mapping[str, GroupDemand],
+    demand: Mapping[str, StreamDemand],
     *,
     basis_start: datetime,
     basis_end: datetime,

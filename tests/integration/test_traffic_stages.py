@@ -432,12 +432,14 @@ def test_traffic_worker_violations_evidence_counts_advice(
         assert not verify_bundle(tampered, mine[0][3])
 
         counts = rows(
-            "SELECT camera_id, lane_id, sum(count) FROM traffic_counts WHERE intersection_id = %s "
-            "GROUP BY camera_id, lane_id"
+            "SELECT camera_id, lane_id, sum(count), sum(discharged), sum(discharge_s) "
+            "FROM traffic_counts WHERE intersection_id = %s GROUP BY camera_id, lane_id"
         )
-        by_lane = {(c, lane): n for c, lane, n in counts}
+        by_lane = {(c, lane): n for c, lane, n, _, _ in counts}
         assert any(n > 0 for (c, _), n in by_lane.items() if c == cam_s)
         assert any(n > 0 for (c, _), n in by_lane.items() if c == s.cam_o.camera_id)
+        # queue discharges on green were measured (the saturation flows of the advice)
+        assert any(d > 0 and secs > 0 for c, _, _, d, secs in counts if c == cam_s), counts
         rec = rows(
             "SELECT plan, current_plan_id, predicted_delay_current_s FROM signal_plans "
             "WHERE intersection_id = %s AND kind = 'recommended' ORDER BY valid_from LIMIT 1"

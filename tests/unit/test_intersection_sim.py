@@ -116,3 +116,24 @@ def test_a_fed_arm_takes_its_traffic_from_admissions(workdir: Path) -> None:
     assert len(left) == 5  # all of them drove through and left
     assert {str(e.vehicle_class) for e in left.values()} == {"motorbike", "car", "bus", "truck"}
     assert all(0 < e.speed_mps < 20 for e in exits)
+
+
+def test_stop_line_detectors_measure_flow_and_queue_discharge(workdir: Path) -> None:
+    """Per approach lane: PCU over the stop line, and the queue discharge (crossings while a
+    queue stood on green); the shared through/left lane, held by permitted left turners,
+    discharges slower than its through/right neighbour."""
+    cfg = ScenarioConfig(seed=1, workdir=workdir, violators=ViolatorRates(0, 0, 0, 0, 0))
+    with IntersectionSim(cfg) as sim:
+        green_s = {lane: 0.0 for lane in sim.detectors}
+        for step in sim.run(600):
+            for lane, det in sim.detectors.items():
+                if any(step.signals[g] is SignalState.green for g in det.signal_groups):
+                    green_s[lane] += cfg.step_s
+        dets = sim.detectors
+    assert dets["N_in_1"].signal_groups == ("N_left", "N_through")
+    assert dets["N_in_0"].signal_groups == ("N_right", "N_through")
+    for lane, d in dets.items():
+        assert 0 <= d.discharged_pcu <= d.pcu and 0 <= d.discharge_s <= green_s[lane] + 0.1
+    rate = {k: d.discharged_pcu * 3600 / d.discharge_s for k, d in dets.items() if d.discharge_s}
+    assert rate["N_in_1"] < 0.7 * rate["N_in_0"], rate
+    assert rate["S_in_2"] < 0.7 * rate["S_in_1"], rate

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from schemas.messages import PhaseTiming, SignalPlan, SignalState, VehicleClass, ViolationKind
-from streams.traffic.counts import LaneCounter, Observation, group_flows_pcu_h
+from streams.traffic.counts import LaneCounter, Observation, lane_flows
 from streams.traffic.evidence import (
     Evidence,
     FrameRing,
@@ -22,7 +22,8 @@ from streams.traffic.evidence import (
 from streams.traffic.rules import RuleViolation
 from streams.traffic.signals import SignalTimeline
 from streams.traffic.webster import (
-    GroupDemand,
+    SaturationFlow,
+    StreamDemand,
     WebsterBounds,
     plan_delay_s,
     recommend,
@@ -60,8 +61,11 @@ def test_lane_counts_occupancy_and_queue() -> None:
     assert by[("S_in_0", VehicleClass.car)].queue_len == 1
     occ = by[("S_in_1", VehicleClass.motorbike)].occupancy
     assert occ == pytest.approx(6 * 0.5 / 60, abs=0.02)  # 0.5 s in the 5 m zone each
-    flows = group_flows_pcu_h(first, CAL)
-    assert flows["S_through"] == pytest.approx(6 * 0.3 * 60)
+    flows = lane_flows(first, CAL)
+    assert flows["S_in_1"].signal_group == "S_through"
+    assert flows["S_in_1"].flow_pcu_h == pytest.approx(6 * 0.3 * 60)
+    assert flows["S_in_0"].flow_pcu_h == 0.0
+    assert all(r.discharged == 0 and r.discharge_s == 0 for r in first)  # no signal timeline
     assert counter.flush()  # the second, open window
 
 
@@ -104,6 +108,48 @@ def test_arrivals_on_red_follow_the_signal_at_the_arrival_line() -> None:
     assert (bus.arrivals, bus.arrivals_on_red) == (1, 0)
 
 
+def test_queue_discharge_measures_the_lane_saturation_flow() -> None:
+    """Seconds of green with a queue standing, and the vehicles crossing in them: a queue
+    of 8 cars starts 2 s apart from the green at 20 s; cars that meet no queue, or cross on
+    red, are counted but not as a discharge."""
+    t0 = float(np.floor(T0 / 60) * 60)
+    signals = SignalTimeline()
+    signals.add("S_through", t0, SignalState.red)
+    signals.add("S_through", t0 + 20, SignalState.green)
+    signals.add("S_through", t0 + 45, SignalState.red)
+    counter = LaneCounter(CAL, window_s=60, signals=signals)
+    rows = []
+    for k in range(0, 620):
+        t = t0 + k / 10
+        obs = []
+        for j in range(8):  # car j waits 6 m per place behind the line (y=-10)
+            go = t0 + 20 + 2 * j  # starts at 10 m/s; crosses 0.6 j s later
+            y = -11 - 6 * j + (10 * (t - go) if t > go else 0.0)
+            if y < 10:
+                obs.append(Observation(10 + j, VehicleClass.car, (5.0, y)))
+        # a motorbike on the empty lane S_in_0 crossing on green, and one running the red
+        for tid, cross in ((30, t0 + 30), (31, t0 + 50)):
+            y = -10 + 10 * (t - cross)
+            if -30 < y < 10:
+                obs.append(Observation(tid, VehicleClass.motorbike, (2.0, y)))
+        rows += counter.add_frame(t, obs)
+    by = {(r.lane_id, r.vehicle_class): r for r in rows}
+    cars = by[("S_in_1", VehicleClass.car)]
+    # the queue stands from the green (20 s) until the last car moves off (34 s, + the
+    # frame interval that shows it): 14.1 s; cars cross at 20.1 + 2.6 j s, so 6 meanwhile
+    assert cars.discharge_s == pytest.approx(14.1)
+    assert cars.count == 8 and cars.discharged == 6
+    assert all(r.discharge_s == cars.discharge_s for r in rows if r.lane_id == "S_in_1")
+    bikes = by[("S_in_0", VehicleClass.motorbike)]
+    assert bikes.count == 2 and bikes.discharged == 0 and bikes.discharge_s == 0
+    flow = lane_flows(rows, CAL)["S_in_1"]
+    assert flow.discharged_pcu == 6.0 and flow.discharge_s == pytest.approx(14.1)
+    # 6 cars in 14.1 s: 1,532 PCU/h, once there is enough of it to trust
+    sat = SaturationFlow(min_discharge_s=10).of(flow.discharged_pcu, flow.discharge_s)
+    assert sat == pytest.approx(6 * 3600 / 14.1)
+    assert SaturationFlow(default_pcu_h=1500).of(flow.discharged_pcu, flow.discharge_s) == 1500
+
+
 # --- Webster -----------------------------------------------------------------------------
 def plan(g1: float = 30, g2: float = 30) -> SignalPlan:
     return SignalPlan(
@@ -132,10 +178,10 @@ def plan(g1: float = 30, g2: float = 30) -> SignalPlan:
 
 def test_webster_cycle_and_splits() -> None:
     demand = {
-        "N_through": GroupDemand(900),
-        "S_through": GroupDemand(720),
-        "E_through": GroupDemand(360),
-        "W_through": GroupDemand(300),
+        "N_through": StreamDemand(("N_through",), 900),
+        "S_through": StreamDemand(("S_through",), 720),
+        "E_through": StreamDemand(("E_through",), 360),
+        "W_through": StreamDemand(("W_through",), 300),
     }
     # y = 0.5 and 0.2: Y = 0.7, L = 10 -> C0 = 20 / 0.3 = 66.7; greens 56.7 * 5/7, 2/7
     p = webster_plan(plan(), demand, valid_from=NOW)
@@ -145,12 +191,34 @@ def test_webster_cycle_and_splits() -> None:
 
 
 def test_webster_bounds() -> None:
-    light = {"N_through": GroupDemand(900), "E_through": GroupDemand(10)}
+    light = {
+        "N_through": StreamDemand(("N_through",), 900),
+        "E_through": StreamDemand(("E_through",), 10),
+    }
     p = webster_plan(plan(), light, valid_from=NOW, bounds=WebsterBounds(min_green_s=12))
     assert p.phases[1].green_s == 12.0
-    heavy = {"N_through": GroupDemand(1700), "E_through": GroupDemand(1000)}
+    heavy = {
+        "N_through": StreamDemand(("N_through",), 1700),
+        "E_through": StreamDemand(("E_through",), 1000),
+    }
     p = webster_plan(plan(), heavy, valid_from=NOW, bounds=WebsterBounds(max_green_s=80))
     assert p.cycle_s <= 150 + 1e-9 and max(ph.green_s for ph in p.phases) <= 80
+
+
+def test_webster_takes_the_phase_critical_lane() -> None:
+    """A shared through/left lane that discharges slowly (permitted left turners hold it)
+    is the critical stream of its phase although its signal groups' flows are small."""
+    balanced = {
+        "N_in_0": StreamDemand(("N_through", "N_right"), 450),
+        "N_in_1": StreamDemand(("N_through", "N_left"), 230),
+        "E_in_0": StreamDemand(("E_through",), 450),
+    }
+    p = webster_plan(plan(), balanced, valid_from=NOW)
+    assert p.phases[0].green_s == p.phases[1].green_s  # y 0.25 and 0.25
+    slow = {**balanced, "N_in_1": StreamDemand(("N_through", "N_left"), 230, 500)}
+    q = webster_plan(plan(), slow, valid_from=NOW)  # y 0.46 and 0.25
+    assert q.phases[0].green_s > 1.5 * q.phases[1].green_s and q.cycle_s > p.cycle_s
+    assert plan_delay_s(q, slow) < plan_delay_s(p, slow)
 
 
 def test_webster_delay_formula_and_recommendation() -> None:
@@ -159,7 +227,10 @@ def test_webster_delay_formula_and_recommendation() -> None:
     d = webster_delay_s(60, 27, 600, 1800)
     assert d == pytest.approx(17.61, abs=0.01)
     assert webster_delay_s(60, 10, 1500, 1800) > 300  # oversaturated: overflow term
-    demand = {"N_through": GroupDemand(900), "E_through": GroupDemand(300)}
+    demand = {
+        "N_through": StreamDemand(("N_through",), 900),
+        "E_through": StreamDemand(("E_through",), 300),
+    }
     rec = recommend(plan(), demand, basis_start=NOW, basis_end=NOW, issued_at=NOW)
     assert rec.predicted_delay_recommended_s < rec.predicted_delay_current_s
     assert rec.current_plan_id == "fixed-1" and rec.recommended.intersection_id == "int-1"

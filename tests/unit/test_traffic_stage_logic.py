@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 cv2 = pytest.importorskip("cv2")
 
@@ -30,7 +31,12 @@ from schemas.messages import (  # noqa: E402
     VehicleClass,
     ViolationKind,
 )
-from streams.traffic.advice import AdviceAggregator, PlanBook, advise  # noqa: E402
+from streams.traffic.advice import (  # noqa: E402
+    AdviceAggregator,
+    PlanBook,
+    advise,
+    demand_by_lane,
+)
 from streams.traffic.camera_state import CameraState, StateConfig  # noqa: E402
 from streams.traffic.cameras import (  # noqa: E402
     CameraDirectory,
@@ -41,6 +47,7 @@ from streams.traffic.cameras import (  # noqa: E402
 from streams.traffic.evidence import verify_bundle  # noqa: E402
 from streams.traffic.feeds import Held, Pacer  # noqa: E402
 from streams.traffic.tracks import TrackHistory  # noqa: E402
+from streams.traffic.webster import SaturationFlow  # noqa: E402
 from streams.vision.detections import Detections  # noqa: E402
 from streams.vision.detector import DecodeFailure  # noqa: E402
 from streams.vision.health import Reference  # noqa: E402
@@ -442,7 +449,9 @@ def test_windows_and_stale_batches() -> None:
 
 
 # --- advice ------------------------------------------------------------------------------------
-def lane_count(cam: str, lane: str, start: float, n: int, cls: str = "car") -> LaneCount:
+def lane_count(
+    cam: str, lane: str, start: float, n: int, cls: str = "car", **extra: Any
+) -> LaneCount:
     return LaneCount(
         intersection_id="int-1",
         camera_id=cam,
@@ -454,6 +463,7 @@ def lane_count(cam: str, lane: str, start: float, n: int, cls: str = "car") -> L
         count=n,
         occupancy=0.1,
         queue_len=0,
+        **extra,
     )
 
 
@@ -514,6 +524,30 @@ def test_advice_periods_complete_by_watermark_and_dedupe() -> None:
     greens = [p.green_s for p in rec.recommended.phases]
     assert greens[0] > greens[1] >= 7  # S carries 3x the flow of E, per lane
     assert 30 <= rec.recommended.cycle_s <= 150 + 10
+
+
+def test_advice_measures_a_lane_saturation_flow_from_its_queue_discharges() -> None:
+    """The same flows on S and E; S's queue discharges show 450 PCU/h of green (one car
+    per 8 s): once there is enough of it, S is the critical lane and gets the longer green."""
+    t = 1_800_000_000.0
+    agg = AdviceAggregator(period_s=30, lateness_s=0)
+    for k, w in enumerate((t, t + 10, t + 20)):
+        agg.add(lane_count("cam-1", "S_in_1", w, 1, discharged=1, discharge_s=8.0), 0, k)
+        agg.add(lane_count("cam-2", "E_in_1", w, 1), 1, k)
+    (period,) = agg.due(force=True)
+    cals = {"cam-1": CAL, "cam-2": EAST}
+    demand = demand_by_lane(period.counts, cals, SaturationFlow(min_discharge_s=20))
+    assert demand["cam-1/S_in_1"].saturation_pcu_h == pytest.approx(450)
+    assert demand["cam-2/E_in_1"].saturation_pcu_h == 1800  # no discharge seen: assumed
+    assumed = advise(period, plan(), cals)  # 24 s of discharge < the default 60 s
+    measured = advise(period, plan(), cals, saturation=SaturationFlow(min_discharge_s=20))
+    assert not isinstance(assumed, str) and not isinstance(measured, str)
+    a, m = ([p.green_s for p in r.recommended.phases] for r in (assumed, measured))
+    assert a[0] == a[1] and m[0] > m[1] + 30 and sum(m) > sum(a)  # S's y 0.8: a long cycle
+    with pytest.raises(ValidationError, match="discharged exceeds count"):
+        lane_count("cam-1", "S_in_1", t, 1, discharged=2)
+    with pytest.raises(ValidationError, match="discharge_s exceeds window_s"):
+        lane_count("cam-1", "S_in_1", t, 1, discharge_s=11.0)
 
 
 # --- pacing of tracks and frames -----------------------------------------------------------------
