@@ -60,8 +60,18 @@ from simulators.intersection.controller import SignalController, check_plan
 from simulators.intersection.corridor import HANDOFFS, HandoffFeed, handoff_for
 from simulators.intersection.reference import Placement, register_reference
 from simulators.intersection.render import RenderConfig, Renderer
-from simulators.intersection.sim import IntersectionSim, ScenarioConfig, ViolatorRates
-from simulators.intersection.truth import TruthWriter, frame_record, phase_record
+from simulators.intersection.sim import (
+    IntersectionSim,
+    ScenarioConfig,
+    StopLineDetector,
+    ViolatorRates,
+)
+from simulators.intersection.truth import (
+    TruthWriter,
+    discharge_records,
+    frame_record,
+    phase_record,
+)
 from streams.traffic.calibration import Calibration
 
 log = logging.getLogger("citystream.sim.intersection")
@@ -238,6 +248,7 @@ class IntersectionService:
         self.capture: CaptureOutput | None = None
         self.agent: CameraAgent | None = None
         self._announced = False
+        self._detectors_at_start: dict[str, StopLineDetector] = {}
         self._outcome: tuple[PlanSwitch, float] | None = None  # switch, when to report
         self._next_delay = cfg.delay_report_s
         self._stopping = threading.Event()
@@ -350,6 +361,9 @@ class IntersectionService:
         delay, n = src.final_delay if src.final_delay is not None else (math.nan, 0)
         plan_id = self.scene.sim.plan.plan_id
         if self.truth is not None:
+            self.truth.write_many(
+                discharge_records(self.scene.sim.detectors, self._detectors_at_start)
+            )
             if not math.isnan(delay):
                 self.truth.write(
                     {
@@ -389,6 +403,7 @@ class IntersectionService:
         if not self._announced:
             self._announced = True
             self._applied(None, sim.plan)
+            self._detectors_at_start = {k: replace(d) for k, d in sim.detectors.items()}
             warm = self.source.warmup_step
             if self.truth is not None and warm is not None:
                 # the lanes of the vehicles just before the first frame: a stop line crossed

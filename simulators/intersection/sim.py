@@ -27,7 +27,7 @@ import numpy as np
 from schemas.messages import SignalPhaseChange, SignalPlan, SignalState, VehicleClass
 from simulators.intersection.network import NetworkSpec, build_network
 from simulators.intersection.plan import Link, default_plan, group_states, read_links, sumo_phases
-from streams.traffic.counts import PCU
+from streams.traffic.counts import PCU, QUEUE_SPEED_KMH
 
 TLS = "C"
 #: a speeder departs only while the north-south green has this much time left (s): late
@@ -93,7 +93,8 @@ class ScenarioConfig:
 class StopLineDetector:
     """A loop detector at one approach lane's stop line (PCU): all that crossed, and the
     queue discharge as :class:`~streams.traffic.counts.LaneCounter` measures it from a
-    camera (crossings while a queue stood in the lane on green, and the seconds of that)."""
+    camera (crossings while a vehicle slower than ``QUEUE_SPEED_KMH`` stood in the lane on
+    green, and the seconds of that)."""
 
     signal_groups: tuple[str, ...]
     pcu: float = 0.0
@@ -440,11 +441,11 @@ class IntersectionSim:
                     self.injected.get(vid),
                 )
             )
+        queued = {v.lane_id for v in vehicles if v.speed_mps * 3.6 < QUEUE_SPEED_KMH}
         self._discharging = {
             lane
             for lane, det in self.detectors.items()
-            if libsumo.lane.getLastStepHaltingNumber(lane) > 0
-            and any(groups.get(g) is SignalState.green for g in det.signal_groups)
+            if lane in queued and any(groups.get(g) is SignalState.green for g in det.signal_groups)
         }
         return SimStep(now, self.epoch(now), vehicles, dict(groups), changes, exits)
 

@@ -11,6 +11,10 @@ Every line has a ``kind``:
 * ``lane_count``: vehicles that crossed an approach lane's stop line, per lane, class and
   event-time minute (``window_start`` aligned to the epoch, like ``streams.traffic.counts``);
   only non-zero counts are written, so a missing row means zero;
+* ``discharge``: per approach lane, at the end of the run, what its stop-line detector
+  (:class:`~simulators.intersection.sim.StopLineDetector`) measured from the first frame on:
+  PCU over the line, and the queue discharge (PCU crossing while a queue stood on green,
+  and those seconds), the truth of the camera's ``discharged`` / ``discharge_s``;
 * ``plan_applied``: a signal plan was installed, with the average delay (SUMO time loss, s)
   of the vehicles that departed and arrived under the plan before it;
 * ``delay``: the average delay under the plan in force at the end of the run.
@@ -30,7 +34,7 @@ from typing import IO, Any
 
 from schemas.messages import SignalPhaseChange, VehicleClass
 from simulators.intersection.render import GroundTruthObject
-from simulators.intersection.sim import SimStep, TruthViolation
+from simulators.intersection.sim import SimStep, StopLineDetector, TruthViolation
 
 
 def _iso(t: float) -> str:
@@ -110,6 +114,25 @@ class LaneMinuteCounts:
         ]
         self._counts = {}
         return rows
+
+
+def discharge_records(
+    now: Mapping[str, StopLineDetector], start: Mapping[str, StopLineDetector]
+) -> list[dict[str, Any]]:
+    """What each lane's detector measured between ``start`` (copies) and ``now``."""
+    out = []
+    for lane, d in sorted(now.items()):
+        s = start.get(lane, StopLineDetector(d.signal_groups))
+        out.append(
+            {
+                "kind": "discharge",
+                "lane_id": lane,
+                "pcu": round(d.pcu - s.pcu, 3),
+                "discharged_pcu": round(d.discharged_pcu - s.discharged_pcu, 3),
+                "discharge_s": round(d.discharge_s - s.discharge_s, 3),
+            }
+        )
+    return out
 
 
 def frame_record(

@@ -38,6 +38,9 @@ from streams.traffic.geometry import FloatArray, points_in_polygon, segment_cros
 from streams.traffic.signals import SignalTimeline
 from streams.traffic.tracks import MPS_TO_KMH, to_datetime
 
+#: a vehicle slower than this (km/h) upstream of its lane's stop line stands in its queue
+QUEUE_SPEED_KMH = 5.0
+
 COUNTED_CLASSES: tuple[VehicleClass, ...] = (
     VehicleClass.motorbike,
     VehicleClass.car,
@@ -78,7 +81,7 @@ class LaneCounter:
         calibration: Calibration,
         window_s: int = 60,
         zone_m: float = 5.0,
-        queue_speed_kmh: float = 5.0,
+        queue_speed_kmh: float = QUEUE_SPEED_KMH,
         classes: Sequence[VehicleClass] = COUNTED_CLASSES,
         signals: SignalTimeline | None = None,
         arrival_m: float = 30.0,

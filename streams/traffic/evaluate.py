@@ -47,16 +47,20 @@ import numpy as np
 from citystream.settings import Settings
 from citystream.stack.private import child_env, private_settings
 from citystream.table import format_table
-from schemas.messages import TrackBatch
+from schemas.messages import TrackBatch, VehicleClass
 from schemas.topics import TOPICS
+from streams.traffic.counts import PCU
 from streams.traffic.scoring import (
     Box,
+    Discharge,
     Event,
     KindScore,
     LaneError,
+    SaturationError,
     associate_tracks,
     count_errors,
     match_violations,
+    saturation_errors,
     speed_errors,
 )
 
@@ -312,6 +316,7 @@ def read_truth(path: Path) -> dict[str, Any]:
     violations: list[Event] = []
     frames: dict[int, list[Box]] = {}
     lanes: dict[str, int] = defaultdict(int)
+    discharge: dict[str, Discharge] = {}
     meta: dict[str, Any] = {}
     with path.open() as f:
         for line in f:
@@ -332,9 +337,17 @@ def read_truth(path: Path) -> dict[str, Any]:
                 ]
             elif kind == "lane_count":
                 lanes[rec["lane_id"]] += rec["count"]
+            elif kind == "discharge":
+                discharge[rec["lane_id"]] = Discharge(rec["discharged_pcu"], rec["discharge_s"])
             elif kind == "meta":
                 meta = rec
-    return {"violations": violations, "frames": frames, "lanes": dict(lanes), "meta": meta}
+    return {
+        "violations": violations,
+        "frames": frames,
+        "lanes": dict(lanes),
+        "discharge": discharge,
+        "meta": meta,
+    }
 
 
 def track_boxes(batches: Iterable[TrackBatch]) -> dict[int, list[Box]]:
@@ -426,11 +439,26 @@ def read_db(settings: Settings, intersection_id: str) -> dict[str, Any]:
             "WHERE intersection_id = %s GROUP BY lane_id",
             (intersection_id,),
         ).fetchall()
+        by_class = conn.execute(
+            "SELECT lane_id, vehicle_class, sum(discharged)::int FROM traffic_counts "
+            "WHERE intersection_id = %s GROUP BY lane_id, vehicle_class",
+            (intersection_id,),
+        ).fetchall()
+        seconds = conn.execute(  # discharge_s is the lane's, on each class row of a window
+            "SELECT lane_id, sum(s) FROM (SELECT lane_id, max(discharge_s) AS s "
+            "FROM traffic_counts WHERE intersection_id = %s "
+            "GROUP BY camera_id, lane_id, window_start) w GROUP BY lane_id",
+            (intersection_id,),
+        ).fetchall()
+    pcu: dict[str, float] = defaultdict(float)
+    for lane, cls, n in by_class:
+        pcu[lane] += n * PCU.get(VehicleClass(cls), 1.0)
     return {
         "violations": [Event(k, t.timestamp(), vid, tid) for k, t, vid, _, _, tid in violations],
         "evidence": [(uri, sha) for _, _, _, uri, sha, _ in violations],
         "evidence_of": {vid: uri for _, _, vid, uri, _, _ in violations},
         "lanes": {lane: n for lane, n in lanes},
+        "discharge": {lane: Discharge(pcu[lane], float(sec)) for lane, sec in seconds},
     }
 
 
@@ -464,6 +492,10 @@ def report(
         {k: v for k, v in truth["lanes"].items() if k in watched},
         {k: v for k, v in db["lanes"].items() if k in watched},
     )
+    saturation = saturation_errors(
+        {k: v for k, v in truth.get("discharge", {}).items() if k in watched},
+        {k: v for k, v in db.get("discharge", {}).items() if k in watched},
+    )
     errors = speed_errors(pairs, mapping)
     on_vehicle = speed_errors(pairs, mapping, on_vehicle=True)
     total_true = sum(e.true for e in lanes)
@@ -481,6 +513,15 @@ def report(
     def lane_row(e: LaneError) -> dict[str, Any]:
         return {"true": e.true, "measured": e.measured, "error": e.error}
 
+    def saturation_row(e: SaturationError) -> dict[str, Any]:
+        return {
+            "true_pcu_h": e.true.rate_pcu_h(e.min_s),
+            "true_s": e.true.seconds,
+            "measured_pcu_h": e.measured.rate_pcu_h(e.min_s),
+            "measured_s": e.measured.seconds,
+            "error": e.error,
+        }
+
     return {
         "violations": {k: kind_row(scores[k]) for k in sorted(scores)},
         "lanes": {e.lane_id: lane_row(e) for e in lanes},
@@ -488,6 +529,7 @@ def report(
         "count_error_max_lane": max(
             (e.error for e in lanes if e.error is not None and e.true >= 10), default=None
         ),
+        "saturation": {e.lane_id: saturation_row(e) for e in saturation},
         "speed_mae_kmh": sum(errors) / len(errors) if errors else None,
         "speed_observations": len(errors),
         "speed_mae_on_vehicle_kmh": sum(on_vehicle) / len(on_vehicle) if on_vehicle else None,
@@ -498,10 +540,10 @@ def report(
     }
 
 
-def _fmt(x: float | None, pct: bool = False) -> str:
+def _fmt(x: float | None, pct: bool = False, digits: int = 3) -> str:
     if x is None:
         return "-"
-    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
+    return f"{100 * x:.1f}%" if pct else f"{x:.{digits}f}"
 
 
 def print_report(rep: dict[str, Any]) -> None:
@@ -521,6 +563,25 @@ def print_report(rep: dict[str, Any]) -> None:
         f"count error: total {_fmt(rep['count_error_total'], pct=True)}, worst lane "
         f"(>= 10 vehicles) {_fmt(rep['count_error_max_lane'], pct=True)} (aim <= 5%)"
     )
+    rows = [
+        [
+            lane,
+            f"{v['true_s']:.0f}",
+            _fmt(v["true_pcu_h"], digits=0),
+            f"{v['measured_s']:.0f}",
+            _fmt(v["measured_pcu_h"], digits=0),
+            _fmt(v["error"], pct=True),
+        ]
+        for lane, v in rep.get("saturation", {}).items()
+    ]
+    if rows:
+        print()
+        print("saturation flow (PCU per hour of green with a queue; rates from 60 s of it):")
+        print(
+            format_table(
+                ["lane", "true s", "true PCU/h", "camera s", "camera PCU/h", "error"], rows
+            )
+        )
     mae = rep["speed_mae_kmh"]
     print(
         f"speed MAE: {'-' if mae is None else f'{mae:.2f}'} km/h over "
@@ -542,8 +603,7 @@ def print_report(rep: dict[str, Any]) -> None:
         ("track_latency_s", "frame -> its track batch on traffic.tracks (every frame)"),
         (
             "violation_latency_s",
-            "frame -> violation row (from the last frame in the evidence; a track is judged "
-            "once it has ended)",
+            "frame -> violation row (from the last frame in its evidence bundle)",
         ),
     ):
         lat = rep.get(key)

@@ -6,6 +6,9 @@
   offence differently (first metre against the traffic vs. the metre that proved it) — or,
   when the track is not associated, within ``tolerance_s`` -> precision and recall;
 * counts: vehicles per lane over the run, measured vs true -> relative error per lane;
+* saturation flow: per lane, PCU crossing the stop line while a queue stood on green per
+  hour of such green, the camera's (``discharged`` / ``discharge_s`` of the lane counts)
+  vs the simulator's stop-line detector -> relative error per lane;
 * speed: detected tracks are associated with true vehicles by box overlap frame by frame
   (a detected track belongs to the true vehicle it overlaps most often), then the absolute
   speed error is averaged over every associated observation that carries a speed; split
@@ -104,6 +107,41 @@ class LaneError:
 def count_errors(truth: Mapping[str, int], measured: Mapping[str, int]) -> list[LaneError]:
     return [
         LaneError(lane, int(truth.get(lane, 0)), int(measured.get(lane, 0)))
+        for lane in sorted(set(truth) | set(measured))
+    ]
+
+
+@dataclass(frozen=True)
+class Discharge:
+    """A lane's queue discharge over a run: PCU and seconds of green with a queue."""
+
+    pcu: float
+    seconds: float
+
+    def rate_pcu_h(self, min_s: float) -> float | None:
+        return self.pcu * 3600.0 / self.seconds if self.seconds >= min_s else None
+
+
+@dataclass(frozen=True)
+class SaturationError:
+    lane_id: str
+    true: Discharge
+    measured: Discharge
+    min_s: float
+
+    @property
+    def error(self) -> float | None:
+        """Relative error of the measured rate (None unless both had ``min_s`` seconds)."""
+        t, m = self.true.rate_pcu_h(self.min_s), self.measured.rate_pcu_h(self.min_s)
+        return abs(m - t) / t if t and m is not None else None
+
+
+def saturation_errors(
+    truth: Mapping[str, Discharge], measured: Mapping[str, Discharge], min_s: float = 60.0
+) -> list[SaturationError]:
+    none = Discharge(0.0, 0.0)
+    return [
+        SaturationError(lane, truth.get(lane, none), measured.get(lane, none), min_s)
         for lane in sorted(set(truth) | set(measured))
     ]
 

@@ -60,7 +60,8 @@ class SaturationFlow:
     """A lane's saturation flow: measured from its queue discharges (PCU crossing the stop
     line while a queue stood on green, per hour of such green) where it had at least
     ``min_discharge_s`` of them (a few seconds say little about the rate), else
-    ``default_pcu_h``."""
+    ``default_pcu_h`` (also when nothing crossed: a queue held by a blocked exit says nothing
+    about the rate at which the lane discharges)."""
 
     default_pcu_h: float = DEFAULT_SATURATION_PCU_H
     min_discharge_s: float = 60.0

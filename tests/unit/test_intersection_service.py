@@ -175,6 +175,9 @@ def test_capture_and_truth_are_deterministic_and_consistent(tmp_path: Path) -> N
     objects = [o for t in frame_truth for o in t["objects"]]  # type: ignore[attr-defined]
     assert objects and all(0 <= o["bbox"][0] <= o["bbox"][2] < 320 for o in objects)
     assert kinds[-1] == "delay"
+    discharge = {t["lane_id"]: t for t in truth if t["kind"] == "discharge"}
+    assert {"N_in_0", "N_in_1", "S_in_0", "S_in_1", "S_in_2"} <= set(discharge)
+    assert all(0 <= d["discharged_pcu"] <= d["pcu"] for d in discharge.values())  # type: ignore[operator]
     json.dumps(truth)  # plain JSON
 
 

@@ -6,10 +6,12 @@ import pytest
 
 from streams.traffic.scoring import (
     Box,
+    Discharge,
     Event,
     associate_tracks,
     count_errors,
     match_violations,
+    saturation_errors,
     speed_errors,
 )
 
@@ -76,3 +78,14 @@ def test_the_same_vehicle_matches_whenever_the_rule_dated_it() -> None:
     # a track that was never associated falls back to the time tolerance
     s = match_violations(truth, [Event("wrong_way", 101.0, track_id=40)], 3.0, {31: 7})
     assert s["wrong_way"].matched == 1
+
+
+def test_saturation_flow_errors_need_enough_discharge_on_both_sides() -> None:
+    truth = {"S_in_1": Discharge(30.0, 120.0), "S_in_2": Discharge(5.0, 40.0)}
+    measured = {"S_in_1": Discharge(27.0, 120.0), "S_in_2": Discharge(5.0, 40.0)}
+    by = {e.lane_id: e for e in saturation_errors(truth, measured, min_s=60)}
+    assert by["S_in_1"].true.rate_pcu_h(60) == 900.0
+    assert by["S_in_1"].error == pytest.approx(0.1)
+    assert by["S_in_2"].error is None  # 40 s of discharge: no rate to compare
+    only_true = saturation_errors({"S_in_0": Discharge(10.0, 100.0)}, {}, min_s=60)
+    assert only_true[0].measured.seconds == 0 and only_true[0].error is None
