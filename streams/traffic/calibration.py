@@ -152,6 +152,16 @@ class Calibration(_Frozen):
     def view(self) -> ViewTransformer:
         return ViewTransformer(np.asarray(self.homography))
 
+    def away_from_camera(self, xy: object) -> FloatArray:
+        """Unit ground direction at ``xy`` in which the view recedes (up the image).  A box's
+        bottom edge is the side of a vehicle nearest the camera, so the ground point of a
+        vehicle moving this way is its rear, of one moving against it its front."""
+        p = as_points(xy)[:1]
+        u, v = self.view.to_image(p)[0]
+        far: FloatArray = self.view.to_ground([[u, v - 10.0]])[0] - p[0]
+        n = float(np.hypot(*far))
+        return far / n if n > 0 else far
+
     def speed_limit_for(self, vehicle_class: VehicleClass) -> float:
         return self.class_speed_limits_kmh.get(vehicle_class, self.speed_limit_kmh)
 

@@ -77,3 +77,15 @@ def test_signal_timeline() -> None:
     assert tl.since("N", T0 + 20) == (SignalState.red, T0 + 13)
     tl.prune(T0 + 11)
     assert tl.state_at("N", T0 + 12) is SignalState.amber
+
+
+def test_away_from_camera_is_up_the_image_on_the_ground() -> None:
+    """The test view maps image rows to northings (y = 10 - 0.1 v): up the image is north,
+    so the camera sees northbound traffic from behind."""
+    cal = make_calibration()
+    assert np.allclose(cal.away_from_camera((5.0, -10.0)), (0.0, 1.0))
+    # a tilted view: the ground directions of image-up differ from point to point
+    h = [[0.05, 0.01, -32], [0, -0.1, 10], [0, 0, 1]]
+    tilted = Calibration.model_validate({**cal.model_dump(), "homography": h})
+    way = tilted.away_from_camera((5.0, -10.0))
+    assert np.hypot(*way) == pytest.approx(1.0) and way[1] > 0.99 and way[0] < 0

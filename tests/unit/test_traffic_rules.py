@@ -15,6 +15,7 @@ from streams.traffic.rules import (
     speeding,
     wrong_way,
 )
+from streams.traffic.rules.common import LENGTH_M
 from streams.traffic.tracks import TrackHistory
 from tests.unit.test_traffic_factories import (
     T0,
@@ -30,7 +31,8 @@ CAL = make_calibration()
 
 
 # --- red light: northbound in S_in_1 (x = 5), stop line at y = -10 -------------------------
-# At 10 m/s from y = -40 the car crosses the line at t = 3.0 s.
+# At 10 m/s from y = -40 the ground point crosses the line at t = 3.0 s; the camera sees the
+# lane from behind, so the front crosses a class length earlier (a car 4.5 m: at 2.55 s).
 @pytest.mark.parametrize(
     ("amber_at", "cls", "fires"),
     [
@@ -38,7 +40,7 @@ CAL = make_calibration()
         (-10.0, V.motorbike, True),  # motorbikes are vehicles too
         (-10.0, V.person, False),  # pedestrians are not
         (1.0, V.car, False),  # crossed on amber (amber 1..4 s)
-        (-0.1, V.car, False),  # red since 2.9 s, crossed at 3.0: within the 0.3 s grace
+        (-0.6, V.car, False),  # red since 2.4 s, front over at 2.55: within the 0.3 s grace
         (5.0, V.car, False),  # crossed on green
     ],
 )
@@ -49,8 +51,10 @@ def test_red_light(amber_at: float, cls: V, fires: bool) -> None:
     if fires:
         v = got[0]
         assert v.kind is ViolationKind.red_light and v.details["lane_id"] == "S_in_1"
-        assert v.t == pytest.approx(T0 + 3.0)
-        assert v.details["time_into_red_s"] == pytest.approx(10.0)
+        lead = LENGTH_M[cls]
+        assert v.details["front_lead_m"] == lead
+        assert v.t - T0 == pytest.approx(3.0 - lead / 10)
+        assert v.details["time_into_red_s"] == pytest.approx(10.0 - lead / 10)
         assert 0.5 <= v.confidence <= 1.0
 
 
@@ -66,8 +70,29 @@ def test_red_light_ignores_an_id_hopping_across_the_line() -> None:
     dip = [(k / 10, -13.6 + 1.2 * k, -6.0 - max(0, 5 - abs(k - 15))) for k in range(30)]
     assert red_light([path(dip)], CAL, cycle(-10)) == []
     # the same crossing at a vehicle's pace fires
-    creep = path([(k / 10, 5.0, -11.9 + 0.5 * k) for k in range(40)])
+    creep = path([(k / 10, 5.0, -16.9 + 0.5 * k) for k in range(40)])
     assert len(red_light([creep], CAL, cycle(-10))) == 1
+    # lost 2 m before the line (front 2.5 m past it) for 2 s, "found" driving on: the id
+    # may have passed to another vehicle; and the same track seen throughout fires
+    lost = [(k / 10, 5.0, -20.0 + 0.5 * k) for k in range(17)]
+    found = [(3.6 + k / 10, 5.0, -2.0 + 0.5 * k) for k in range(10)]
+    assert red_light([path(lost + found)], CAL, cycle(-10)) == []
+    seen = [(k / 10, 5.0, -20.0 + 0.5 * k) for k in range(46)]
+    assert len(red_light([path(seen)], CAL, cycle(-10))) == 1
+    # queued at the line (its front jittering over it and back), then the id hops 3.8 m
+    # on to a vehicle in the junction: a jump from standstill no vehicle makes
+    queued = [(k / 10, 5.0, -14.6 + 0.3 * (k % 2)) for k in range(30)]
+    hop = [(3.0 + k / 10, 5.0, -10.5 + 0.5 * k) for k in range(20)]
+    assert red_light([path(queued + hop, cls=V.car)], CAL, cycle(-10)) == []
+
+
+def test_red_light_judges_the_front_of_a_vehicle_seen_from_behind() -> None:
+    """A car entering at 5 km/h on the last of amber: its front crosses on amber, its ground
+    point (the rear, 4.5 m back) 3.2 s later, on red.  Not a violation; a car that crosses
+    as slowly once red has begun is."""
+    slow = path([(k / 10, 5.0, -15.0 + 0.14 * k) for k in range(120)])  # front over at 0.36 s
+    assert red_light([slow], CAL, cycle(-2.6)) == []  # red from 0.4 s
+    assert len(red_light([slow], CAL, cycle(-3.2))) == 1  # red from -0.2 s
 
 
 def test_red_light_near_misses() -> None:

@@ -288,7 +288,8 @@ def test_red_light_runner_judged_with_evidence(tmp_path: Path, judge_open: bool)
     assert [j.violation.kind for _, j in timed] == [ViolationKind.red_light]
     at, judged = timed[0]
     ev, v = judged.evidence, judged.violation
-    assert v.t == pytest.approx(T0 + 5.0, abs=0.11) and v.track_id == 7
+    # the ground point crosses at T0 + 5; the car's front (seen from behind) 4.5 m earlier
+    assert v.t == pytest.approx(T0 + 4.55, abs=0.11) and v.track_id == 7
     committed = float(v.details["committed_t"]) - T0
     assert committed == pytest.approx(5.2, abs=0.11)
     if judge_open:  # while the runner is in view (until T0 + 6), once the signal lag passed

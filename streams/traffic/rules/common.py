@@ -19,6 +19,16 @@ NOT_VEHICLES = frozenset({VehicleClass.person})
 
 Details = dict[str, float | int | str]
 
+#: Typical length of each class (m): where the camera sees a vehicle from behind, its front
+#: is this far ahead of its ground point (the bottom of its box)
+LENGTH_M: dict[VehicleClass, float] = {
+    VehicleClass.motorbike: 2.0,
+    VehicleClass.bicycle: 1.8,
+    VehicleClass.car: 4.5,
+    VehicleClass.truck: 8.0,
+    VehicleClass.bus: 11.0,
+}
+
 
 @dataclass(frozen=True)
 class RuleViolation:
