@@ -222,6 +222,11 @@ def test_wrong_way_on_a_track_that_turns_back() -> None:
     # a queue waiting at the light whose track id hops 6 m back to the car behind, twice
     queue = [(k / 10, 5.0, -20.0 - 6.0 * ((k >= 20) + (k >= 40))) for k in range(80)]
     assert wrong_way([path(queue)], CAL) == []
+    # a queued track lost for 2.1 s and found 10 m further back (5 m/s: under the speed
+    # check): the id may have passed to a vehicle behind
+    lost = [(k / 10, 5.0, -18.0 + 0.1 * k) for k in range(20)]
+    found = [(4.0 + k / 10, 5.0, -26.3 + 0.05 * k) for k in range(20)]
+    assert wrong_way([path(lost + found)], CAL) == []
 
 
 # --- illegal stop --------------------------------------------------------------------------

@@ -8,7 +8,8 @@ wrong-way rider whose track id the tracker handed to an oncoming vehicle where t
 that the whole run's net displacement was 3 m.  Vehicles cutting across a lane (turning,
 changing lanes) move sideways, and a stopped vehicle's jitter has no majority of steps
 against the lane: neither fires; nor does a stretch with a step faster than
-``max_speed_mps`` (a track id jumping back to the vehicle behind in a queue).
+``max_speed_mps``, or across a gap longer than ``max_gap_s`` (a track id jumping back to the
+vehicle behind in a queue).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class WrongWayParams:
     #: no step of the stretch faster than this: a track id handed back to the vehicle behind
     #: in a queue jumps metres against the lane in one frame, a vehicle does not
     max_speed_mps: float = 30.0
+    #: no step of the stretch across a gap in the track longer than this: a track lost and
+    #: found metres further back may have passed to the vehicle behind
+    max_gap_s: float = 1.0
 
 
 def wrong_way(
@@ -62,7 +66,11 @@ def wrong_way(
                 share = float(np.mean(moving < 0)) if len(moving) else 0.0
                 dt = np.diff(tr.t[s + top : s + end + 1])
                 fastest = float(np.max(np.abs(steps) / np.maximum(dt, 1e-6)))
-                if share >= params.min_against_share and fastest <= params.max_speed_mps:
+                if (
+                    share >= params.min_against_share
+                    and fastest <= params.max_speed_mps
+                    and float(np.max(dt)) <= params.max_gap_s
+                ):
                     # the moment the vehicle has gone min_distance against the lane
                     gone = at[top : end + 1] <= at[top] - params.min_distance_m
                     k = s + top + int(np.flatnonzero(gone)[0])
