@@ -239,7 +239,6 @@ class SimulatorSource:
             raise ConfigError(f"warm-up must be within [0, 86400] s, got {warmup_s:g}")
         self.warmup_s = warmup_s
         #: the last warm-up step (None without a warm-up or before :meth:`open`)
-        self.warmup_step: SimStep | None = None
         self.sim = sim
         self.renderer = renderer
         self.fps = fps
@@ -259,7 +258,7 @@ class SimulatorSource:
             self.sim.start()
             self._opened = True
             if self.warmup_s > 0:
-                self.warmup_step = self.sim.warm_up(self.warmup_s)
+                self.sim.warm_up(self.warmup_s)
 
     def request_plan(self, plan: SignalPlan) -> None:
         with self._lock:

@@ -404,13 +404,6 @@ class IntersectionService:
             self._announced = True
             self._applied(None, sim.plan)
             self._detectors_at_start = {k: replace(d) for k, d in sim.detectors.items()}
-            warm = self.source.warmup_step
-            if self.truth is not None and warm is not None:
-                # the lanes of the vehicles just before the first frame: a stop line crossed
-                # in the first frame's steps counts; nothing of the warm-up itself does
-                self.truth.counts.add_step(
-                    warm.t, ((v.vehicle_id, v.vehicle_class, v.lane_id) for v in warm.vehicles)
-                )
         for switch in sf.plan_switches:
             self._applied(switch, switch.plan)
         for change in sf.phase_changes:

@@ -89,6 +89,13 @@ class ScenarioConfig:
     fed_arms: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True)
+class Crossing:
+    vehicle_id: str
+    vehicle_class: VehicleClass
+    lane_id: str  # the approach lane
+
+
 @dataclass
 class StopLineDetector:
     """A loop detector at one approach lane's stop line (PCU): all that crossed, and the
@@ -146,6 +153,8 @@ class SimStep:
     signals: dict[str, SignalState]
     phase_changes: list[SignalPhaseChange]
     exits: list[Exit] = field(default_factory=list)
+    #: vehicles that left an approach lane over its stop line in this step
+    crossings: list[Crossing] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -220,6 +229,7 @@ class IntersectionSim:
             lane: StopLineDetector(tuple(sorted(g))) for lane, g in sorted(groups_of.items())
         }
         self._discharging: set[str] = set()  # lanes on green with a queue at the last step
+        self._crossings: list[Crossing] = []  # of the step running
         self._track_ids: dict[str, int] = {}
         self._next_track = itertools.count(1)
         self._groups: dict[str, SignalState] = {}
@@ -353,18 +363,15 @@ class IntersectionSim:
         for _ in range(n):
             yield self.step()
 
-    def warm_up(self, seconds: float) -> SimStep | None:
+    def warm_up(self, seconds: float) -> None:
         """Run ``seconds`` of traffic that nobody observes (an empty junction fills up).
 
         The violations observed meanwhile are dropped from :attr:`truth`, and the next step
-        reports every signal group's state as a change, as the first step of a run does.
-        Returns the last warm-up step (None for 0 s)."""
-        last = None
-        for step in self.run(seconds):
-            last = step
+        reports every signal group's state as a change, as the first step of a run does."""
+        for _ in self.run(seconds):
+            pass
         self.truth.clear()
         self._groups = {}
-        return last
 
     def step(self) -> SimStep:
         import libsumo
@@ -404,6 +411,7 @@ class IntersectionSim:
         self._groups = groups
         results = libsumo.vehicle.getAllSubscriptionResults()
         vehicles = []
+        self._crossings = []
         via_index = self._via_index()
         for vid, r in results.items():
             x, y = r[tc.VAR_POSITION]
@@ -447,7 +455,9 @@ class IntersectionSim:
             for lane, det in self.detectors.items()
             if lane in queued and any(groups.get(g) is SignalState.green for g in det.signal_groups)
         }
-        return SimStep(now, self.epoch(now), vehicles, dict(groups), changes, exits)
+        return SimStep(
+            now, self.epoch(now), vehicles, dict(groups), changes, exits, self._crossings
+        )
 
     def _via_index(self) -> dict[str, int]:
         if not hasattr(self, "_via"):
@@ -529,8 +539,10 @@ class IntersectionSim:
         self._last[vid] = (lane, x, y, speed)
         det = self.detectors.get(prev[0]) if prev is not None else None
         if det is not None and lane.startswith(":"):  # crossed the stop line
+            assert prev is not None
+            self._crossings.append(Crossing(vid, cls, prev[0]))
             det.pcu += PCU.get(cls, 1.0)
-            if prev is not None and prev[0] in self._discharging:
+            if prev[0] in self._discharging:
                 det.discharged_pcu += PCU.get(cls, 1.0)
         if prev is not None and prev[0].startswith("S_in") and lane.startswith(":"):
             idx = via_index.get(lane)

@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from schemas.messages import SignalPhaseChange, VehicleClass
 from simulators.intersection.render import GroundTruthObject
-from simulators.intersection.sim import SimStep, StopLineDetector, TruthViolation
+from simulators.intersection.sim import Crossing, SimStep, StopLineDetector, TruthViolation
 
 
 def _iso(t: float) -> str:
@@ -50,28 +50,23 @@ def _default(value: Any) -> Any:
 
 
 class LaneMinuteCounts:
-    """Stop-line crossings per approach lane, vehicle class and ``window_s`` window.
-
-    A vehicle crosses when it moves from an approach lane (``<arm>_in_<k>``) onto a junction
-    (internal, ``:``) lane between two consecutive simulation steps.  Feed every step in
-    order; :meth:`add_step` returns the rows of windows that closed.
+    """Stop-line crossings (:attr:`SimStep.crossings`) per approach lane, vehicle class and
+    ``window_s`` window.  Feed every step in order; :meth:`add_step` returns the rows of
+    windows that closed.
     """
 
     def __init__(self, window_s: int = 60) -> None:
         if window_s < 1:
             raise ValueError("window_s must be >= 1")
         self.window_s = window_s
-        self._lane: dict[str, str] = {}
         self._window: float | None = None
         self._counts: dict[tuple[str, VehicleClass], int] = {}
 
     def _start(self, t: float) -> float:
         return math.floor(t / self.window_s) * self.window_s
 
-    def add_step(
-        self, t: float, vehicles: Iterable[tuple[str, VehicleClass, str]]
-    ) -> list[dict[str, Any]]:
-        """``vehicles``: (vehicle id, class, SUMO lane id) in the step at epoch ``t``."""
+    def add_step(self, t: float, crossings: Iterable[Crossing]) -> list[dict[str, Any]]:
+        """The crossings of the step at epoch ``t``."""
         out: list[dict[str, Any]] = []
         start = self._start(t)
         if self._window is None:
@@ -79,19 +74,9 @@ class LaneMinuteCounts:
         elif start > self._window:
             out = self.flush()
             self._window = start
-        seen: dict[str, str] = {}
-        for vid, cls, lane in vehicles:
-            prev = self._lane.get(vid)
-            seen[vid] = lane
-            if (
-                prev is not None
-                and "_in_" in prev
-                and not prev.startswith(":")
-                and lane.startswith(":")
-            ):
-                key = (prev, cls)
-                self._counts[key] = self._counts.get(key, 0) + 1
-        self._lane = seen
+        for c in crossings:
+            key = (c.lane_id, c.vehicle_class)
+            self._counts[key] = self._counts.get(key, 0) + 1
         return out
 
     def flush(self, *, partial: bool = False) -> list[dict[str, Any]]:
@@ -199,11 +184,7 @@ class TruthWriter:
     def steps(self, steps: Iterable[SimStep], truth: Sequence[TruthViolation]) -> None:
         """Lane counts of every step, and the violations observed since the last call."""
         for step in steps:
-            self.write_many(
-                self.counts.add_step(
-                    step.t, ((v.vehicle_id, v.vehicle_class, v.lane_id) for v in step.vehicles)
-                )
-            )
+            self.write_many(self.counts.add_step(step.t, step.crossings))
         for v in truth[self._violations :]:
             self.write(violation_record(v))
         self._violations = len(truth)

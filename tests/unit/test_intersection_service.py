@@ -28,7 +28,7 @@ from simulators.intersection.service import (
     make_scene,
     scenario_rates,
 )
-from simulators.intersection.sim import IntersectionSim, ScenarioConfig
+from simulators.intersection.sim import Crossing, IntersectionSim, ScenarioConfig
 from simulators.intersection.truth import LaneMinuteCounts
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -78,19 +78,17 @@ def test_lane_counts_count_stop_line_crossings_per_minute() -> None:
     c = LaneMinuteCounts(60)
     car, bike = VehicleClass.car, VehicleClass.motorbike
     t = T0.timestamp()
-    assert c.add_step(t + 1, [("a", car, "S_in_1"), ("b", bike, "S_in_2")]) == []
-    assert c.add_step(t + 2, [("a", car, ":C_5_0"), ("b", bike, "S_in_2")]) == []  # a crosses
-    assert c.add_step(t + 3, [("a", car, "N_out_0"), ("b", bike, ":C_9_0")]) == []  # b crosses
-    c.add_step(t + 4, [("c", car, ":C_5_0")])  # first seen inside: not a crossing
-    c.add_step(t + 30, [("d", car, "S_out_0")])
-    c.add_step(t + 31, [("d", car, ":C_1_0")])  # from an exit lane: not an approach
-    rows = c.add_step(t + 61, [])
+    assert c.add_step(t + 1, []) == []
+    assert c.add_step(t + 2, [Crossing("a", car, "S_in_1")]) == []
+    assert c.add_step(t + 3, [Crossing("b", bike, "S_in_2"), Crossing("e", car, "S_in_1")]) == []
+    rows = c.add_step(t + 61, [Crossing("f", car, "S_in_1")])  # in the next window
     assert [(r["lane_id"], r["vehicle_class"], r["count"]) for r in rows] == [
-        ("S_in_1", "car", 1),
+        ("S_in_1", "car", 2),
         ("S_in_2", "motorbike", 1),
     ]
     assert {r["window_start"] for r in rows} == {T0.isoformat()} and rows[0]["approach"] == "S"
-    assert c.flush(partial=True) == []
+    last = c.flush(partial=True)
+    assert [(r["count"], r["partial"]) for r in last] == [(1, True)] and c.flush() == []
 
 
 def test_camera_row_places_the_camera_south_of_the_junction_looking_north() -> None:

@@ -19,6 +19,7 @@ from simulators.intersection.camera import VirtualCamera  # noqa: E402
 from simulators.intersection.plan import default_plan  # noqa: E402
 from simulators.intersection.render import Renderer  # noqa: E402
 from simulators.intersection.sim import IntersectionSim, ScenarioConfig, ViolatorRates  # noqa: E402
+from streams.traffic.counts import PCU  # noqa: E402
 
 HOT = ViolatorRates(red_light=200, speeding=200, wrong_way=100, illegal_stop=100, bus_lane=200)
 
@@ -125,11 +126,16 @@ def test_stop_line_detectors_measure_flow_and_queue_discharge(workdir: Path) -> 
     cfg = ScenarioConfig(seed=1, workdir=workdir, violators=ViolatorRates(0, 0, 0, 0, 0))
     with IntersectionSim(cfg) as sim:
         green_s = {lane: 0.0 for lane in sim.detectors}
+        crossed: dict[str, float] = {}
         for step in sim.run(600):
+            for c in step.crossings:
+                crossed[c.lane_id] = crossed.get(c.lane_id, 0.0) + PCU[c.vehicle_class]
             for lane, det in sim.detectors.items():
                 if any(step.signals[g] is SignalState.green for g in det.signal_groups):
                     green_s[lane] += cfg.step_s
         dets = sim.detectors
+    # every crossing is a vehicle leaving an approach lane, the one its detector counted
+    assert crossed == pytest.approx({k: d.pcu for k, d in dets.items() if d.pcu})
     assert dets["N_in_1"].signal_groups == ("N_left", "N_through")
     assert dets["N_in_0"].signal_groups == ("N_right", "N_through")
     for lane, d in dets.items():
