@@ -63,6 +63,7 @@ from streams.traffic.scoring import (
     saturation_errors,
     speed_errors,
 )
+from streams.traffic.webster import SaturationFlow
 
 log = logging.getLogger("citystream.traffic.evaluate")
 
@@ -515,9 +516,9 @@ def report(
 
     def saturation_row(e: SaturationError) -> dict[str, Any]:
         return {
-            "true_pcu_h": e.true.rate_pcu_h(e.min_s),
+            "true_pcu_h": e.true_pcu_h,
             "true_s": e.true.seconds,
-            "measured_pcu_h": e.measured.rate_pcu_h(e.min_s),
+            "measured_pcu_h": e.measured_pcu_h,
             "measured_s": e.measured.seconds,
             "error": e.error,
         }
@@ -576,7 +577,10 @@ def print_report(rep: dict[str, Any]) -> None:
     ]
     if rows:
         print()
-        print("saturation flow (PCU per hour of green with a queue; rates from 60 s of it):")
+        print(
+            "saturation flow (PCU per hour of green with a queue; a rate from "
+            f"{SaturationFlow().min_discharge_s:g} s of it, as the advice takes one):"
+        )
         print(
             format_table(
                 ["lane", "true s", "true PCU/h", "camera s", "camera PCU/h", "error"], rows

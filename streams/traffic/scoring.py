@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streams.traffic.webster import SaturationFlow
 from streams.vision.tracking import box_iou
 
 
@@ -118,32 +119,36 @@ class Discharge:
     pcu: float
     seconds: float
 
-    def rate_pcu_h(self, min_s: float) -> float | None:
-        return self.pcu * 3600.0 / self.seconds if self.seconds >= min_s else None
-
 
 @dataclass(frozen=True)
 class SaturationError:
     lane_id: str
     true: Discharge
     measured: Discharge
-    min_s: float
+    #: the rates, where the advice would take one (:meth:`SaturationFlow.measured`)
+    true_pcu_h: float | None
+    measured_pcu_h: float | None
 
     @property
     def error(self) -> float | None:
-        """Relative error of the measured rate (None unless both had ``min_s`` seconds)."""
-        t, m = self.true.rate_pcu_h(self.min_s), self.measured.rate_pcu_h(self.min_s)
+        """Relative error of the measured rate (None unless both sides have a rate)."""
+        t, m = self.true_pcu_h, self.measured_pcu_h
         return abs(m - t) / t if t and m is not None else None
 
 
 def saturation_errors(
-    truth: Mapping[str, Discharge], measured: Mapping[str, Discharge], min_s: float = 60.0
+    truth: Mapping[str, Discharge],
+    measured: Mapping[str, Discharge],
+    rule: SaturationFlow | None = None,
 ) -> list[SaturationError]:
+    rule = rule or SaturationFlow()
     none = Discharge(0.0, 0.0)
-    return [
-        SaturationError(lane, truth.get(lane, none), measured.get(lane, none), min_s)
-        for lane in sorted(set(truth) | set(measured))
-    ]
+    out = []
+    for lane in sorted(set(truth) | set(measured)):
+        t, m = truth.get(lane, none), measured.get(lane, none)
+        rates = rule.measured(t.pcu, t.seconds), rule.measured(m.pcu, m.seconds)
+        out.append(SaturationError(lane, t, m, *rates))
+    return out
 
 
 @dataclass(frozen=True)

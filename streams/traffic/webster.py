@@ -66,10 +66,15 @@ class SaturationFlow:
     default_pcu_h: float = DEFAULT_SATURATION_PCU_H
     min_discharge_s: float = 60.0
 
-    def of(self, discharged_pcu: float, discharge_s: float) -> float:
+    def measured(self, discharged_pcu: float, discharge_s: float) -> float | None:
+        """The discharge rate (PCU/h of green), None where there is too little to tell."""
         if discharge_s < self.min_discharge_s or discharged_pcu <= 0:
-            return self.default_pcu_h
+            return None
         return discharged_pcu * 3600.0 / discharge_s
+
+    def of(self, discharged_pcu: float, discharge_s: float) -> float:
+        rate = self.measured(discharged_pcu, discharge_s)
+        return self.default_pcu_h if rate is None else rate
 
 
 def _lost(phase: PhaseTiming, bounds: WebsterBounds) -> float:

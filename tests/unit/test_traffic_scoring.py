@@ -14,6 +14,7 @@ from streams.traffic.scoring import (
     saturation_errors,
     speed_errors,
 )
+from streams.traffic.webster import SaturationFlow
 
 
 def test_violations_match_by_kind_within_tolerance_one_to_one() -> None:
@@ -83,9 +84,11 @@ def test_the_same_vehicle_matches_whenever_the_rule_dated_it() -> None:
 def test_saturation_flow_errors_need_enough_discharge_on_both_sides() -> None:
     truth = {"S_in_1": Discharge(30.0, 120.0), "S_in_2": Discharge(5.0, 40.0)}
     measured = {"S_in_1": Discharge(27.0, 120.0), "S_in_2": Discharge(5.0, 40.0)}
-    by = {e.lane_id: e for e in saturation_errors(truth, measured, min_s=60)}
-    assert by["S_in_1"].true.rate_pcu_h(60) == 900.0
+    by = {e.lane_id: e for e in saturation_errors(truth, measured, SaturationFlow())}
+    assert (by["S_in_1"].true_pcu_h, by["S_in_1"].measured_pcu_h) == (900.0, 810.0)
     assert by["S_in_1"].error == pytest.approx(0.1)
     assert by["S_in_2"].error is None  # 40 s of discharge: no rate to compare
-    only_true = saturation_errors({"S_in_0": Discharge(10.0, 100.0)}, {}, min_s=60)
+    lax = saturation_errors(truth, measured, SaturationFlow(min_discharge_s=30))
+    assert lax[1].error == 0.0  # S_in_2's 450 PCU/h on both sides
+    only_true = saturation_errors({"S_in_0": Discharge(10.0, 100.0)}, {})
     assert only_true[0].measured.seconds == 0 and only_true[0].error is None
