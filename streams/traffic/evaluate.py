@@ -47,9 +47,10 @@ import numpy as np
 from citystream.settings import Settings
 from citystream.stack.private import child_env, private_settings
 from citystream.table import format_table
-from schemas.messages import TrackBatch, VehicleClass
+from schemas.messages import LaneCount, TrackBatch
 from schemas.topics import TOPICS
-from streams.traffic.counts import PCU
+from streams.traffic.calibration import Calibration
+from streams.traffic.counts import lane_flows
 from streams.traffic.scoring import (
     Box,
     Discharge,
@@ -70,6 +71,8 @@ log = logging.getLogger("citystream.traffic.evaluate")
 #: The aims of the issue, printed next to the figures.
 AIMS = {"precision": 0.95, "recall": 0.90, "count_error": 0.05, "speed_mae_kmh": 3.0}
 KINDS = ("red_light", "speeding", "wrong_way", "illegal_stop", "bus_lane")
+#: the traffic_counts columns read back, as LaneCount fields
+COUNT_FIELDS = tuple(f for f in LaneCount.model_fields if f != "v")
 
 
 @dataclass(frozen=True)
@@ -440,26 +443,16 @@ def read_db(settings: Settings, intersection_id: str) -> dict[str, Any]:
             "WHERE intersection_id = %s GROUP BY lane_id",
             (intersection_id,),
         ).fetchall()
-        by_class = conn.execute(
-            "SELECT lane_id, vehicle_class, sum(discharged)::int FROM traffic_counts "
-            "WHERE intersection_id = %s GROUP BY lane_id, vehicle_class",
+        counts = conn.execute(
+            f"SELECT {', '.join(COUNT_FIELDS)} FROM traffic_counts WHERE intersection_id = %s",
             (intersection_id,),
         ).fetchall()
-        seconds = conn.execute(  # discharge_s is the lane's, on each class row of a window
-            "SELECT lane_id, sum(s) FROM (SELECT lane_id, max(discharge_s) AS s "
-            "FROM traffic_counts WHERE intersection_id = %s "
-            "GROUP BY camera_id, lane_id, window_start) w GROUP BY lane_id",
-            (intersection_id,),
-        ).fetchall()
-    pcu: dict[str, float] = defaultdict(float)
-    for lane, cls, n in by_class:
-        pcu[lane] += n * PCU.get(VehicleClass(cls), 1.0)
     return {
         "violations": [Event(k, t.timestamp(), vid, tid) for k, t, vid, _, _, tid in violations],
         "evidence": [(uri, sha) for _, _, _, uri, sha, _ in violations],
         "evidence_of": {vid: uri for _, _, vid, uri, _, _ in violations},
         "lanes": {lane: n for lane, n in lanes},
-        "discharge": {lane: Discharge(pcu[lane], float(sec)) for lane, sec in seconds},
+        "counts": [LaneCount(**dict(zip(COUNT_FIELDS, row, strict=True))) for row in counts],
     }
 
 
@@ -493,9 +486,11 @@ def report(
         {k: v for k, v in truth["lanes"].items() if k in watched},
         {k: v for k, v in db["lanes"].items() if k in watched},
     )
+    cal = truth["meta"].get("calibration")
+    flows = lane_flows(db.get("counts", []), Calibration.from_dict(cal)) if cal else {}
     saturation = saturation_errors(
         {k: v for k, v in truth.get("discharge", {}).items() if k in watched},
-        {k: v for k, v in db.get("discharge", {}).items() if k in watched},
+        {k: Discharge(f.discharged_pcu, f.discharge_s) for k, f in flows.items() if k in watched},
     )
     errors = speed_errors(pairs, mapping)
     on_vehicle = speed_errors(pairs, mapping, on_vehicle=True)
